@@ -1,0 +1,377 @@
+/* chatd.c: the libmicrohttpd door. It turns MHD requests into lib/api calls
+ * and holds SSE streams and long-polls by suspending their connections, so
+ * that an idle one costs no thread and no CPU. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "api/api.h"
+#include "buf.h"
+#include "config.h"
+#include "delivery.h"
+#include "err.h"
+#include "id.h"
+#include "json.h"
+#include "log.h"
+#include "metrics.h"
+
+#define SSE_BLOCK 16384
+
+struct chatd {
+    struct chat_config cfg;
+    struct chat_delivery *delivery;
+    struct chat_api *api;
+    struct MHD_Daemon *mhd;
+};
+
+/* One HTTP request: MHD's con_cls. */
+struct req {
+    struct chatd *chatd;
+    struct MHD_Connection *conn;
+    struct chat_buf body;
+    bool too_large;
+    bool bad_framing; /* duplicate Content-Length, or it with Transfer-Encoding */
+    bool started;     /* creq is built */
+    struct chat_request creq;
+};
+
+/* The door side of an SSE stream: owned by the MHD response. */
+struct sse {
+    struct MHD_Connection *conn;
+    struct chat_stream *stream;
+};
+
+/* ------------------------------------------------------------------------ */
+/* Holding requests: park = suspend, wake = resume                          */
+/* ------------------------------------------------------------------------ */
+
+static void req_park(void *door)
+{
+    MHD_suspend_connection(((struct req *)door)->conn);
+}
+
+static void req_wake(void *door)
+{
+    MHD_resume_connection(((struct req *)door)->conn);
+}
+
+static void sse_park(void *door)
+{
+    MHD_suspend_connection(((struct sse *)door)->conn);
+}
+
+static void sse_wake(void *door)
+{
+    MHD_resume_connection(((struct sse *)door)->conn);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Adapter                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static const char *req_header(void *door, const char *name)
+{
+    return MHD_lookup_connection_value(((struct req *)door)->conn, MHD_HEADER_KIND, name);
+}
+
+static const char *req_arg(void *door, const char *name)
+{
+    return MHD_lookup_connection_value(((struct req *)door)->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+struct framing {
+    int content_length;
+    int transfer_encoding;
+};
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    struct framing *f = cls;
+    if (strcasecmp(key, "Content-Length") == 0)
+        f->content_length++;
+    else if (strcasecmp(key, "Transfer-Encoding") == 0)
+        f->transfer_encoding++;
+    return MHD_YES;
+}
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct sse *s = cls;
+    ssize_t n = chat_stream_read(s->stream, buf, max);
+    return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
+}
+
+static void sse_free(void *cls)
+{
+    struct sse *s = cls;
+    chat_stream_close(s->stream);
+    free(s);
+}
+
+static enum MHD_Result queue_body(struct req *r, struct chat_response *resp)
+{
+    struct MHD_Response *mr =
+        MHD_create_response_from_buffer(resp->body_len, resp->body, MHD_RESPMEM_MUST_FREE);
+    if (!mr)
+        return MHD_NO;
+    resp->body = NULL; /* MHD frees it */
+    MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, resp->content_type);
+    MHD_add_response_header(mr, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    if (resp->retry_after[0])
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_RETRY_AFTER, resp->retry_after);
+    if (resp->allow[0])
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_ALLOW, resp->allow);
+    if (resp->status == 401)
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (r->too_large || r->bad_framing)
+        MHD_add_response_header(mr, MHD_HTTP_HEADER_CONNECTION, "close");
+    enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)resp->status, mr);
+    MHD_destroy_response(mr);
+    return ret;
+}
+
+static enum MHD_Result queue_stream(struct req *r, struct chat_response *resp)
+{
+    struct sse *s = chat_xcalloc(1, sizeof(*s));
+    s->conn = r->conn;
+    s->stream = resp->stream;
+    /* The stream parks through its own door struct: it outlives the request
+     * record, which MHD may release first. */
+    chat_stream_set_door(s->stream, sse_park, sse_wake, s);
+    struct MHD_Response *mr =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, sse_read, s, sse_free);
+    if (!mr) {
+        sse_free(s);
+        return MHD_NO;
+    }
+    MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, resp->content_type);
+    MHD_add_response_header(mr, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(mr, "X-Accel-Buffering", "no");
+    enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_OK, mr);
+    MHD_destroy_response(mr);
+    return ret;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    struct chatd *chatd = cls;
+    struct req *r = *con_cls;
+    if (!r) {
+        r = chat_xcalloc(1, sizeof(*r));
+        r->chatd = chatd;
+        r->conn = conn;
+        *con_cls = r;
+        /* libmicrohttpd 0.9.75 uses the first Content-Length and ignores a
+         * second one: refuse ambiguous framing (request smuggling). */
+        struct framing f = {0, 0};
+        MHD_get_connection_values(conn, MHD_HEADER_KIND, count_framing, &f);
+        if (f.content_length > 1 || (f.content_length && f.transfer_encoding))
+            r->bad_framing = true;
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)chatd->cfg.max_body_bytes)
+            r->too_large = true;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        if (!r->too_large && !r->bad_framing) {
+            if (r->body.len + *upload_data_size > (size_t)chatd->cfg.max_body_bytes) {
+                r->too_large = true;
+                chat_buf_cleanup(&r->body);
+            } else {
+                chat_buf_append(&r->body, upload_data, *upload_data_size);
+            }
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    struct chat_response resp;
+    memset(&resp, 0, sizeof(resp));
+    if (r->bad_framing) {
+        resp.status = 400;
+        resp.content_type = "application/json; charset=utf-8";
+        resp.body = chat_json_error("bad_request",
+                                    "ambiguous message framing: more than one Content-Length, "
+                                    "or Content-Length with Transfer-Encoding");
+        resp.body_len = strlen(resp.body);
+        chat_metrics_count_status(400);
+        return queue_body(r, &resp);
+    }
+    if (!r->started) {
+        r->started = true;
+        r->creq = (struct chat_request){
+            .method = method,
+            .path = url,
+            .header = req_header,
+            .arg = req_arg,
+            .door = r,
+            .body = r->body.data,
+            .body_len = r->body.len,
+            .body_too_large = r->too_large,
+            .park = req_park,
+            .wake = req_wake,
+            .can_stream = true,
+        };
+    }
+    chat_api_handle(chatd->api, &r->creq, &resp);
+    enum MHD_Result ret = MHD_YES;
+    switch (resp.kind) {
+    case CHAT_RESP_BODY:
+        ret = queue_body(r, &resp);
+        break;
+    case CHAT_RESP_STREAM:
+        ret = queue_stream(r, &resp);
+        break;
+    case CHAT_RESP_PARKED:
+        break; /* suspended; MHD calls again after the wake */
+    }
+    chat_response_cleanup(&resp);
+    return ret;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct req *r = *con_cls;
+    if (!r)
+        return;
+    chat_api_release(&r->creq);
+    chat_buf_cleanup(&r->body);
+    free(r);
+    *con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[512];
+    vsnprintf(line, sizeof(line), fmt, ap);
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = '\0';
+    chat_warn("http: %s", line);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Main                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: chatd -c FILE      serve the chat API with the config FILE\n"
+                 "       chatd --help-config  print every config key with its default\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"help-config", no_argument, NULL, 'H'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            path = optarg;
+            break;
+        case 'H':
+            printf("# Configuration keys\n");
+            chat_config_describe(stdout);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!path) {
+        usage(stderr);
+        return 2;
+    }
+
+    static struct chatd chatd;
+    char err[512];
+    if (chat_config_load(&chatd.cfg, path, err, sizeof(err)) != 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
+    enum chat_log_level level;
+    chat_log_parse_level(chatd.cfg.log_level, &level);
+    chat_log_set_level(level);
+
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)chatd.cfg.port)};
+    if (inet_pton(AF_INET, chatd.cfg.listen, &addr.sin_addr) != 1) {
+        fprintf(stderr, "chatd: %s: [server] listen: \"%s\" is not an IPv4 address\n", path,
+                chatd.cfg.listen);
+        return 2;
+    }
+
+    /* Signals go to the main thread only, which waits for them below. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = 1;
+    chatd.delivery = chat_delivery_new(&chatd.cfg);
+    if (!chatd.delivery || chat_delivery_start(chatd.delivery) != 0) {
+        chat_error("cannot start the delivery threads");
+        goto out;
+    }
+    chatd.api = chat_api_new(chatd.delivery);
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    chatd.mhd = MHD_start_daemon(
+        flags, (uint16_t)chatd.cfg.port, NULL, NULL, on_request, &chatd, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)chatd.cfg.threads,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)chatd.cfg.max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)chatd.cfg.connection_timeout,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, &chatd, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        &chatd, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_END);
+    if (!chatd.mhd) {
+        chat_error("cannot listen on %s:%d: %s", chatd.cfg.listen, chatd.cfg.port,
+                   strerror(errno));
+        goto out;
+    }
+    chat_info("chatd listening on %s:%d (%d threads)", chatd.cfg.listen, chatd.cfg.port,
+              chatd.cfg.threads);
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    chat_info("signal %d: shutting down", sig);
+    /* Stop accepting, end every stream and long-poll (which resumes every
+     * suspended connection: MHD must not stop with one suspended), give them
+     * a moment to go, then stop. */
+    MHD_quiesce_daemon(chatd.mhd);
+    chat_delivery_stop(chatd.delivery);
+    for (int i = 0; i < 40 && (atomic_load(&chat_metrics.streams_open) > 0 ||
+                               atomic_load(&chat_metrics.polls_waiting) > 0);
+         i++)
+        usleep(50 * 1000);
+    MHD_stop_daemon(chatd.mhd);
+    rc = 0;
+out:
+    chat_api_free(chatd.api);
+    chat_delivery_free(chatd.delivery);
+    chat_config_cleanup(&chatd.cfg);
+    return rc;
+}

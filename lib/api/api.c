@@ -1,0 +1,248 @@
+/* api.c: the route table, authentication and the shared response helpers. */
+#include "api.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "alloc.h"
+#include "api_int.h"
+#include "err.h"
+#include "id.h"
+#include "json.h"
+#include "log.h"
+#include "metrics.h"
+
+enum auth_kind {
+    AUTH_NONE,
+    AUTH_BEARER,          /* Authorization: Bearer only */
+    AUTH_BEARER_OR_QUERY, /* also ?access_token=, for EventSource */
+};
+
+struct route {
+    const char *method;
+    const char *path; /* a trailing "{id}" segment matches one path segment */
+    enum auth_kind auth;
+    api_handler handler;
+};
+
+static const struct route routes[] = {
+    {.method = "POST", .path = "/v1/messages", .auth = AUTH_BEARER, .handler = api_post_message},
+    {.method = "GET", .path = "/v1/messages/{id}", .auth = AUTH_BEARER,
+     .handler = api_get_message},
+    {.method = "GET", .path = "/v1/inbox", .auth = AUTH_BEARER, .handler = api_get_inbox},
+    {.method = "POST", .path = "/v1/inbox/ack", .auth = AUTH_BEARER,
+     .handler = api_post_inbox_ack},
+    {.method = "GET", .path = "/v1/events", .auth = AUTH_BEARER_OR_QUERY,
+     .handler = api_get_events},
+    {.method = "GET", .path = "/v1/poll", .auth = AUTH_BEARER_OR_QUERY, .handler = api_get_poll},
+    {.method = "GET", .path = "/healthz", .auth = AUTH_NONE, .handler = api_healthz},
+    {.method = "GET", .path = "/readyz", .auth = AUTH_NONE, .handler = api_readyz},
+    {.method = "GET", .path = "/metrics", .auth = AUTH_NONE, .handler = api_metrics},
+};
+
+#define NROUTES (sizeof(routes) / sizeof(routes[0]))
+
+/* Matches path against pattern; sets *param to the {id} segment. */
+static bool path_match(const char *pattern, const char *path, const char **param)
+{
+    const char *brace = strstr(pattern, "{id}");
+    if (!brace) {
+        *param = NULL;
+        return strcmp(pattern, path) == 0;
+    }
+    size_t plen = (size_t)(brace - pattern);
+    if (strncmp(pattern, path, plen) != 0)
+        return false;
+    const char *seg = path + plen;
+    if (!*seg || strchr(seg, '/'))
+        return false;
+    *param = seg;
+    return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Responses                                                                */
+/* ------------------------------------------------------------------------ */
+
+static const char json_type[] = "application/json; charset=utf-8";
+
+void api_error(struct api_ctx *c, int err, const char *message)
+{
+    struct chat_response *r = c->resp;
+    free(r->body);
+    r->kind = CHAT_RESP_BODY;
+    r->status = chat_err_status(err);
+    r->content_type = json_type;
+    r->body = chat_json_error(chat_err_code(err), message ? message : chat_err_message(err));
+    r->body_len = strlen(r->body);
+    if (err == CHAT_EUNAVAIL && !r->retry_after[0])
+        snprintf(r->retry_after, sizeof(r->retry_after), "1");
+}
+
+void api_json(struct api_ctx *c, int status, cJSON *body)
+{
+    struct chat_response *r = c->resp;
+    free(r->body);
+    r->kind = CHAT_RESP_BODY;
+    r->status = status;
+    r->content_type = json_type;
+    r->body = chat_json_print(body);
+    r->body_len = strlen(r->body);
+    cJSON_Delete(body);
+}
+
+cJSON *api_body_object(struct api_ctx *c)
+{
+    const char *ct = c->req->header(c->req->door, "Content-Type");
+    if (!ct || strncasecmp(ct, "application/json", 16) != 0 ||
+        (ct[16] != '\0' && ct[16] != ';' && ct[16] != ' ')) {
+        api_error(c, CHAT_EMEDIA, "Content-Type must be application/json");
+        return NULL;
+    }
+    int err;
+    const char *why;
+    cJSON *root = chat_json_parse_object(c->req->body, c->req->body_len, &err, &why);
+    if (!root)
+        api_error(c, err, why);
+    return root;
+}
+
+int api_arg_u64(struct api_ctx *c, const char *name, uint64_t def, uint64_t max, uint64_t *out)
+{
+    const char *v = c->req->arg(c->req->door, name);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    if (chat_parse_u64(v, out) != 0 || *out > max) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "%s must be an integer from 0 to %llu", name,
+                 (unsigned long long)max);
+        api_error(c, CHAT_EINVAL, msg);
+        return CHAT_EINVAL;
+    }
+    return 0;
+}
+
+cJSON *api_items_json(const struct chat_items *items, uint64_t after)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *arr = cJSON_AddArrayToObject(root, "items");
+    for (size_t i = 0; i < items->n; i++)
+        cJSON_AddItemToArray(arr, chat_item_json(&items->v[i]));
+    chat_json_add_int(root, "next_after", (int64_t)(items->n ? items->v[items->n - 1].seq : after));
+    cJSON_AddBoolToObject(root, "more", items->more);
+    return root;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Dispatch                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static int authenticate(struct api_ctx *c, enum auth_kind kind)
+{
+    const char *token = NULL;
+    const char *h = c->req->header(c->req->door, "Authorization");
+    if (h) {
+        if (strncasecmp(h, "Bearer ", 7) != 0) {
+            api_error(c, CHAT_EAUTH, "Authorization must be: Bearer <token>");
+            return CHAT_EAUTH;
+        }
+        token = h + 7;
+        while (*token == ' ')
+            token++;
+    } else if (kind == AUTH_BEARER_OR_QUERY) {
+        token = c->req->arg(c->req->door, "access_token");
+    }
+    if (!token || !*token) {
+        api_error(c, CHAT_EAUTH, "a bearer token is required");
+        return CHAT_EAUTH;
+    }
+    const char *why;
+    if (chat_auth_verify(c->api->cfg->jwt_secret, token, chat_now_ms() / 1000, c->user, &why)) {
+        api_error(c, CHAT_EAUTH, why);
+        return CHAT_EAUTH;
+    }
+    return 0;
+}
+
+struct chat_api *chat_api_new(struct chat_delivery *d)
+{
+    struct chat_api *api = chat_xcalloc(1, sizeof(*api));
+    api->d = d;
+    api->cfg = chat_delivery_config(d);
+    api->send_limit = chat_ratelimit_new(api->cfg->send_rate, api->cfg->send_burst);
+    return api;
+}
+
+void chat_api_free(struct chat_api *api)
+{
+    if (!api)
+        return;
+    chat_ratelimit_free(api->send_limit);
+    free(api);
+}
+
+void chat_api_handle(struct chat_api *api, struct chat_request *req, struct chat_response *resp)
+{
+    struct api_ctx c = {.api = api, .req = req, .resp = resp};
+    if (req->state) {
+        /* A parked long-poll coming back. */
+        api_poll_resume(&c);
+        goto done;
+    }
+    const struct route *found = NULL;
+    char allow[32] = "";
+    for (size_t i = 0; i < NROUTES; i++) {
+        const char *param;
+        if (!path_match(routes[i].path, req->path, &param))
+            continue;
+        if (strcmp(routes[i].method, req->method) == 0) {
+            found = &routes[i];
+            c.param = param;
+            break;
+        }
+        size_t n = strlen(allow);
+        snprintf(allow + n, sizeof(allow) - n, "%s%s", n ? ", " : "", routes[i].method);
+    }
+    if (!found) {
+        if (allow[0]) {
+            api_error(&c, CHAT_EMETHOD, NULL);
+            snprintf(resp->allow, sizeof(resp->allow), "%s", allow);
+        } else {
+            api_error(&c, CHAT_ENOTFOUND, "no such path");
+        }
+        goto done;
+    }
+    if (req->body_too_large) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "the request body is larger than %d bytes",
+                 api->cfg->max_body_bytes);
+        api_error(&c, CHAT_ETOOLARGE, msg);
+        goto done;
+    }
+    if (found->auth != AUTH_NONE && authenticate(&c, found->auth) != 0)
+        goto done;
+    found->handler(&c);
+done:
+    if (resp->kind == CHAT_RESP_BODY)
+        chat_metrics_count_status(resp->status);
+    else if (resp->kind == CHAT_RESP_STREAM)
+        chat_metrics_count_status(200);
+}
+
+void chat_api_release(struct chat_request *req)
+{
+    if (req->state) {
+        api_poll_release(req->state);
+        req->state = NULL;
+    }
+}
+
+void chat_response_cleanup(struct chat_response *resp)
+{
+    free(resp->body);
+    resp->body = NULL;
+}

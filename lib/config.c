@@ -1,0 +1,288 @@
+/* config.c: the INI configuration, driven by one table of keys. */
+#include "config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "err.h"
+#include "log.h"
+
+enum key_type { KEY_INT, KEY_STR, KEY_MODE, KEY_POLICY, KEY_LEVEL };
+
+struct key {
+    const char *section;
+    const char *name;
+    enum key_type type;
+    size_t offset;
+    const char *def;
+    long min, max;
+    const char *doc;
+};
+
+#define OFF(f) offsetof(struct chat_config, f)
+
+/* The table of every key. Keep docs/config.md in step: `chatd --help-config`. */
+static const struct key keys[] = {
+    {"server", "node_id", KEY_STR, OFF(node_id), "", 0, 64,
+     "Name of this node in logs and ACK routing; empty means <hostname>:<port>. Unique per node."},
+    {"server", "listen", KEY_STR, OFF(listen), "127.0.0.1", 0, 255,
+     "Address to listen on (an IPv4 address)."},
+    {"server", "port", KEY_INT, OFF(port), "8081", 1, 65535, "TCP port."},
+    {"server", "threads", KEY_INT, OFF(threads), "4", 1, 256,
+     "HTTP worker threads; each holds one MySQL connection."},
+    {"server", "max_connections", KEY_INT, OFF(max_connections), "10000", 1, 1000000,
+     "Open connections at most, streams included."},
+    {"server", "connection_timeout", KEY_INT, OFF(connection_timeout), "60", 1, 3600,
+     "Seconds an idle non-stream connection is kept."},
+    {"server", "max_body_bytes", KEY_INT, OFF(max_body_bytes), "65536", 1024, 16777216,
+     "Largest request body; larger ones get 413."},
+    {"auth", "jwt_secret", KEY_STR, OFF(jwt_secret), "", 0, 4096,
+     "Required. HS256 key shared with the token issuer, at least 32 characters."},
+    {"auth", "token_ttl", KEY_INT, OFF(token_ttl), "86400", 60, 31536000,
+     "Lifetime in seconds of tokens minted by `chatctl token`."},
+    {"mysql", "host", KEY_STR, OFF(mysql_host), "127.0.0.1", 0, 255, "MySQL/MariaDB host."},
+    {"mysql", "port", KEY_INT, OFF(mysql_port), "3306", 1, 65535, "MySQL/MariaDB port."},
+    {"mysql", "socket", KEY_STR, OFF(mysql_socket), "", 0, 1024,
+     "Unix socket path; when set it is used instead of host and port."},
+    {"mysql", "user", KEY_STR, OFF(mysql_user), "chat", 0, 255, "MySQL user."},
+    {"mysql", "password", KEY_STR, OFF(mysql_password), "", 0, 255, "MySQL password."},
+    {"mysql", "database", KEY_STR, OFF(mysql_database), "chat", 1, 64, "Database name."},
+    {"mysql", "connect_timeout", KEY_INT, OFF(mysql_connect_timeout), "2", 1, 60,
+     "Seconds to wait for a MySQL connection."},
+    {"mysql", "read_timeout", KEY_INT, OFF(mysql_read_timeout), "5", 1, 600,
+     "Seconds to wait for a MySQL reply before the request gets 503."},
+    {"redis", "host", KEY_STR, OFF(redis_host), "127.0.0.1", 1, 255, "Redis host."},
+    {"redis", "port", KEY_INT, OFF(redis_port), "6379", 1, 65535, "Redis port."},
+    {"redis", "password", KEY_STR, OFF(redis_password), "", 0, 255,
+     "Redis AUTH password; empty for none."},
+    {"redis", "channel_prefix", KEY_STR, OFF(channel_prefix), "chat", 0, 64,
+     "Prefix of every channel name, so several deployments can share one Redis."},
+    {"redis", "reconnect_max_ms", KEY_INT, OFF(redis_reconnect_max_ms), "5000", 100, 600000,
+     "Cap of the reconnect backoff (it starts at 100 ms and doubles, with jitter)."},
+    {"delivery", "mode", KEY_MODE, OFF(mode), "server", 0, 0,
+     "`server`: writing a message to a stream (or a poll answer) is its delivery. "
+     "`client`: only the device's POST /v1/inbox/ack is."},
+    {"delivery", "ack_policy", KEY_POLICY, OFF(ack_policy), "mark", 0, 0,
+     "`mark`: a delivered inbox row becomes DELIVERED. `delete`: it is deleted."},
+    {"delivery", "ack_timeout", KEY_INT, OFF(ack_timeout), "5", 1, 3600,
+     "Seconds after which a message with no ACK is counted (chat_ack_timeouts_total); "
+     "its row stays PENDING and is replayed."},
+    {"delivery", "keepalive", KEY_INT, OFF(keepalive), "15", 1, 300,
+     "Seconds between keepalive comments on an idle SSE stream; also how soon a vanished "
+     "client is noticed."},
+    {"delivery", "retry_ms", KEY_INT, OFF(retry_ms), "3000", 0, 600000,
+     "The `retry:` reconnect delay sent at the start of each stream."},
+    {"delivery", "max_message_bytes", KEY_INT, OFF(max_message_bytes), "4096", 1, 1048576,
+     "Largest message body in bytes (UTF-8); larger ones get 413."},
+    {"delivery", "poll_timeout", KEY_INT, OFF(poll_timeout), "25", 0, 3600,
+     "Default seconds a long-poll is held."},
+    {"delivery", "poll_timeout_max", KEY_INT, OFF(poll_timeout_max), "60", 0, 3600,
+     "Largest `timeout` a long-poll may ask for; more gets 400."},
+    {"delivery", "replay_batch", KEY_INT, OFF(replay_batch), "500", 1, 1000,
+     "Rows read from MySQL at a time when a stream replays or catches up."},
+    {"delivery", "stream_buffer_bytes", KEY_INT, OFF(stream_buffer_bytes), "1048576", 4096,
+     1073741824,
+     "Bytes a stream may have queued for a slow reader; past it the stream is closed and "
+     "the client resumes with Last-Event-ID."},
+    {"delivery", "send_rate", KEY_INT, OFF(send_rate), "50", 0, 1000000,
+     "Messages per second a user may send through this node; 0 for no limit."},
+    {"delivery", "send_burst", KEY_INT, OFF(send_burst), "100", 1, 1000000,
+     "Messages a user may send at once before send_rate applies."},
+    {"log", "level", KEY_LEVEL, OFF(log_level), "info", 0, 0, "debug, info, warn or error."},
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+static const struct key *find_key(const char *section, const char *name)
+{
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0)
+            return &keys[i];
+    return NULL;
+}
+
+static int set_key(struct chat_config *cfg, const struct key *k, const char *value, char *err,
+                   size_t errlen)
+{
+    char *field = (char *)cfg + k->offset;
+    switch (k->type) {
+    case KEY_INT: {
+        char *end;
+        errno = 0;
+        long v = strtol(value, &end, 10);
+        if (errno || end == value || *end != '\0' || v < k->min || v > k->max) {
+            snprintf(err, errlen, "[%s] %s: \"%s\" is not an integer from %ld to %ld", k->section,
+                     k->name, value, k->min, k->max);
+            return CHAT_EINVAL;
+        }
+        *(int *)field = (int)v;
+        return 0;
+    }
+    case KEY_STR:
+    case KEY_LEVEL: {
+        size_t n = strlen(value);
+        if ((long)n < k->min || (long)n > k->max) {
+            snprintf(err, errlen, "[%s] %s: must be %ld to %ld characters long", k->section,
+                     k->name, k->min, k->max);
+            return CHAT_EINVAL;
+        }
+        if (k->type == KEY_LEVEL) {
+            enum chat_log_level lv;
+            if (chat_log_parse_level(value, &lv) != 0) {
+                snprintf(err, errlen, "[%s] %s: \"%s\" is not one of debug, info, warn, error",
+                         k->section, k->name, value);
+                return CHAT_EINVAL;
+            }
+        }
+        char **s = (char **)field;
+        free(*s);
+        *s = chat_xstrdup(value);
+        return 0;
+    }
+    case KEY_MODE:
+        if (strcmp(value, "server") == 0)
+            *(enum chat_mode *)field = CHAT_MODE_SERVER;
+        else if (strcmp(value, "client") == 0)
+            *(enum chat_mode *)field = CHAT_MODE_CLIENT;
+        else {
+            snprintf(err, errlen, "[%s] %s: \"%s\" is not one of server, client", k->section,
+                     k->name, value);
+            return CHAT_EINVAL;
+        }
+        return 0;
+    case KEY_POLICY:
+        if (strcmp(value, "mark") == 0)
+            *(enum chat_policy *)field = CHAT_POLICY_MARK;
+        else if (strcmp(value, "delete") == 0)
+            *(enum chat_policy *)field = CHAT_POLICY_DELETE;
+        else {
+            snprintf(err, errlen, "[%s] %s: \"%s\" is not one of mark, delete", k->section,
+                     k->name, value);
+            return CHAT_EINVAL;
+        }
+        return 0;
+    }
+    return CHAT_EINVAL;
+}
+
+void chat_config_defaults(struct chat_config *cfg)
+{
+    char err[256];
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < NKEYS; i++) {
+        /* Defaults obey the table's own bounds except the empty required ones. */
+        const struct key *k = &keys[i];
+        if (k->type == KEY_STR || k->type == KEY_LEVEL) {
+            char **s = (char **)((char *)cfg + k->offset);
+            *s = chat_xstrdup(k->def);
+        } else if (set_key(cfg, k, k->def, err, sizeof(err)) != 0) {
+            chat_error("config default: %s", err);
+            abort();
+        }
+    }
+}
+
+int chat_config_set(struct chat_config *cfg, const char *section, const char *key,
+                    const char *value, char *err, size_t errlen)
+{
+    const struct key *k = find_key(section, key);
+    if (!k) {
+        snprintf(err, errlen, "[%s] %s: unknown key", section, key);
+        return CHAT_EINVAL;
+    }
+    return set_key(cfg, k, value, err, errlen);
+}
+
+struct load_ctx {
+    struct chat_config *cfg;
+    char *err;
+    size_t errlen;
+    int failed;
+};
+
+static int on_ini(void *user, const char *section, const char *name, const char *value)
+{
+    struct load_ctx *lc = user;
+    if (lc->failed)
+        return 0;
+    if (chat_config_set(lc->cfg, section, name, value, lc->err, lc->errlen) != 0) {
+        lc->failed = 1;
+        return 0;
+    }
+    return 1;
+}
+
+int chat_config_validate(const struct chat_config *cfg, char *err, size_t errlen)
+{
+    if (strlen(cfg->jwt_secret) < 32) {
+        snprintf(err, errlen, "[auth] jwt_secret: required, at least 32 characters");
+        return CHAT_EINVAL;
+    }
+    if (cfg->poll_timeout > cfg->poll_timeout_max) {
+        snprintf(err, errlen, "[delivery] poll_timeout: must not exceed poll_timeout_max (%d)",
+                 cfg->poll_timeout_max);
+        return CHAT_EINVAL;
+    }
+    if (cfg->send_rate > 0 && cfg->send_burst < 1) {
+        snprintf(err, errlen, "[delivery] send_burst: must be at least 1");
+        return CHAT_EINVAL;
+    }
+    return 0;
+}
+
+int chat_config_load(struct chat_config *cfg, const char *path, char *err, size_t errlen)
+{
+    char why[256] = "";
+    struct load_ctx lc = {cfg, why, sizeof(why), 0};
+    chat_config_defaults(cfg);
+    int rc = ini_parse(path, on_ini, &lc);
+    if (rc == -1) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return CHAT_EINVAL;
+    }
+    if (rc == -2) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return CHAT_EINVAL;
+    }
+    if (rc > 0) {
+        if (lc.failed)
+            snprintf(err, errlen, "%s:%d: %s", path, rc, why);
+        else
+            snprintf(err, errlen, "%s:%d: syntax error", path, rc);
+        return CHAT_EINVAL;
+    }
+    if (chat_config_validate(cfg, why, sizeof(why)) != 0) {
+        snprintf(err, errlen, "%s: %s", path, why);
+        return CHAT_EINVAL;
+    }
+    return 0;
+}
+
+void chat_config_describe(FILE *out)
+{
+    const char *section = "";
+    for (size_t i = 0; i < NKEYS; i++) {
+        const struct key *k = &keys[i];
+        if (strcmp(section, k->section) != 0) {
+            section = k->section;
+            fprintf(out, "\n## [%s]\n\n| key | default | meaning |\n|---|---|---|\n", section);
+        }
+        fprintf(out, "| `%s` | `%s` | %s |\n", k->name, k->def[0] ? k->def : "(empty)", k->doc);
+    }
+}
+
+void chat_config_cleanup(struct chat_config *cfg)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        if (keys[i].type == KEY_STR || keys[i].type == KEY_LEVEL) {
+            char **s = (char **)((char *)cfg + keys[i].offset);
+            free(*s);
+            *s = NULL;
+        }
+    }
+}

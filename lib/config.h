@@ -1,0 +1,81 @@
+/* config.h: the INI configuration file.
+ *
+ * Every key, its type, default, bounds and meaning live in one table in
+ * config.c; docs/config.md is generated from the same table by
+ * `chatd --help-config`. A bad value is refused at start with a message
+ * naming the section and key. */
+#ifndef CHAT_CONFIG_H
+#define CHAT_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+enum chat_mode { CHAT_MODE_SERVER, CHAT_MODE_CLIENT };
+enum chat_policy { CHAT_POLICY_MARK, CHAT_POLICY_DELETE };
+
+struct chat_config {
+    /* [server] */
+    char *node_id;
+    char *listen;
+    int port;
+    int threads;
+    int max_connections;
+    int connection_timeout;
+    int max_body_bytes;
+    /* [auth] */
+    char *jwt_secret;
+    int token_ttl;
+    /* [mysql] */
+    char *mysql_host;
+    int mysql_port;
+    char *mysql_socket;
+    char *mysql_user;
+    char *mysql_password;
+    char *mysql_database;
+    int mysql_connect_timeout;
+    int mysql_read_timeout;
+    /* [redis] */
+    char *redis_host;
+    int redis_port;
+    char *redis_password;
+    char *channel_prefix;
+    int redis_reconnect_max_ms;
+    /* [delivery] */
+    enum chat_mode mode;
+    enum chat_policy ack_policy;
+    int ack_timeout;
+    int keepalive;
+    int retry_ms;
+    int max_message_bytes;
+    int poll_timeout;
+    int poll_timeout_max;
+    int replay_batch;
+    int stream_buffer_bytes;
+    int send_rate;
+    int send_burst;
+    /* [log] */
+    char *log_level;
+};
+
+/* Fills cfg with every default. Allocates; release with chat_config_cleanup. */
+void chat_config_defaults(struct chat_config *cfg);
+
+/* Sets one key from its text form. Returns 0, or CHAT_EINVAL with a message
+ * naming "[section] key" and the accepted values written to err. */
+int chat_config_set(struct chat_config *cfg, const char *section, const char *key,
+                    const char *value, char *err, size_t errlen);
+
+/* Defaults, then the file at path, then checks that required keys are set.
+ * Returns 0, or CHAT_EINVAL with a message in err (file, line, key). */
+int chat_config_load(struct chat_config *cfg, const char *path, char *err, size_t errlen);
+
+/* Checks cross-key rules and required keys (jwt_secret). 0 or CHAT_EINVAL. */
+int chat_config_validate(const struct chat_config *cfg, char *err, size_t errlen);
+
+/* Writes every key with its default and meaning, as Markdown. */
+void chat_config_describe(FILE *out);
+
+void chat_config_cleanup(struct chat_config *cfg);
+
+#endif

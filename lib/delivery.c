@@ -1,0 +1,952 @@
+/* delivery.c: send, fan-out to local streams, ACKs, receipts, replay. */
+#include "delivery.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uthash.h>
+
+#include "alloc.h"
+#include "buf.h"
+#include "bus.h"
+#include "err.h"
+#include "json.h"
+#include "log.h"
+#include "metrics.h"
+#include "sse.h"
+
+#undef uthash_fatal
+#define uthash_fatal(msg) abort()
+
+/* ------------------------------------------------------------------------ */
+/* Events: one SSE frame shared by every local stream of a user             */
+/* ------------------------------------------------------------------------ */
+
+enum event_kind { EV_MESSAGE, EV_RECEIPT };
+
+struct event {
+    atomic_int refs;
+    enum event_kind kind;
+    uint64_t seq;
+    char message_id[CHAT_MESSAGE_ID_LEN + 1];
+    char from[CHAT_USER_MAX + 1];
+    char origin[65];
+    size_t len;
+    char frame[]; /* len bytes */
+};
+
+static struct event *event_new(enum event_kind kind, const char *frame, size_t len)
+{
+    struct event *ev = chat_xcalloc(1, sizeof(*ev) + len + 1);
+    atomic_init(&ev->refs, 1);
+    ev->kind = kind;
+    ev->len = len;
+    memcpy(ev->frame, frame, len);
+    return ev;
+}
+
+static void event_unref(struct event *ev)
+{
+    if (ev && atomic_fetch_sub(&ev->refs, 1) == 1)
+        free(ev);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Structures                                                               */
+/* ------------------------------------------------------------------------ */
+
+struct chat_stream {
+    struct chat_delivery *d;
+    char user[CHAT_USER_MAX + 1];
+    struct chat_stream *prev, *next; /* in the user's entry; hub lock */
+
+    pthread_mutex_t lock; /* guards the fields down to 'closing' */
+    chat_park_fn park;
+    chat_wake_fn wake;
+    void *door;
+    bool parked;
+    bool need_catchup;
+    bool keepalive_due;
+    bool closing;
+    struct event **q; /* live events not yet read */
+    size_t qn, qcap, qbytes;
+
+    /* Door thread only. */
+    bool started;
+    bool replaying_pending; /* reading the PENDING rows at the start */
+    bool catching_up;       /* a catch-up read stopped at replay_batch */
+    uint64_t replay_after;
+    uint64_t last_seq; /* the highest seq written to this stream */
+    struct chat_buf out;
+    atomic_llong last_write_ms;
+};
+
+struct chat_waiter {
+    struct chat_delivery *d;
+    char user[CHAT_USER_MAX + 1];
+    struct chat_waiter *prev, *next;
+    int64_t deadline_ms;
+
+    pthread_mutex_t lock;
+    chat_park_fn park;
+    chat_wake_fn wake;
+    void *door;
+    bool parked;
+    bool signaled;
+    bool expired;
+};
+
+/* The local streams and waiters of one user. */
+struct user_entry {
+    char user[CHAT_USER_MAX + 1];
+    struct chat_stream *streams;
+    struct chat_waiter *waiters;
+    UT_hash_handle hh;
+};
+
+/* A message this node stored and waits to hear an ACK for. */
+struct pending {
+    char message_id[CHAT_MESSAGE_ID_LEN + 1];
+    char from[CHAT_USER_MAX + 1];
+    int64_t deadline_ms;
+    UT_hash_handle hh;
+};
+
+struct ack_job {
+    struct ack_job *next;
+    char user[CHAT_USER_MAX + 1];
+    uint64_t seq;
+};
+
+struct chat_delivery {
+    const struct chat_config *cfg;
+    char node_id[65];
+    struct chat_bus *bus;
+    atomic_bool stopping;
+
+    pthread_mutex_t hub_lock; /* users, their lists, and every stream's links */
+    struct user_entry *users;
+
+    pthread_mutex_t pending_lock;
+    struct pending *pending;
+
+    pthread_t ack_thread;
+    bool ack_started;
+    pthread_mutex_t ack_lock;
+    pthread_cond_t ack_cond;
+    struct ack_job *acks, **acks_tail;
+    bool ack_stop;
+};
+
+/* ------------------------------------------------------------------------ */
+/* Hub                                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Hub lock held. */
+static struct user_entry *entry_get(struct chat_delivery *d, const char *user, bool create)
+{
+    struct user_entry *e;
+    HASH_FIND_STR(d->users, user, e);
+    if (e || !create)
+        return e;
+    e = chat_xcalloc(1, sizeof(*e));
+    snprintf(e->user, sizeof(e->user), "%s", user);
+    HASH_ADD_STR(d->users, user, e);
+    return e;
+}
+
+/* Hub lock held. Drops the entry once it holds nothing. */
+static void entry_release(struct chat_delivery *d, struct user_entry *e)
+{
+    if (!e->streams && !e->waiters) {
+        HASH_DEL(d->users, e);
+        free(e);
+    }
+}
+
+/* Stream lock held. Wakes the door if it parked. */
+static void stream_kick(struct chat_stream *s)
+{
+    if (s->parked) {
+        s->parked = false;
+        s->wake(s->door);
+    }
+}
+
+/* Hub lock held: the stream is alive. */
+static void stream_push(struct chat_stream *s, struct event *ev)
+{
+    pthread_mutex_lock(&s->lock);
+    if (!s->closing) {
+        if (s->qbytes + ev->len > (size_t)s->d->cfg->stream_buffer_bytes) {
+            /* A reader this far behind is closed; it resumes by Last-Event-ID. */
+            chat_metric_inc(streams_closed_slow);
+            chat_info("stream of %s closed: more than %d bytes queued", s->user,
+                      s->d->cfg->stream_buffer_bytes);
+            s->closing = true;
+        } else {
+            if (s->qn == s->qcap) {
+                s->qcap = s->qcap ? s->qcap * 2 : 8;
+                s->q = chat_xrealloc(s->q, s->qcap * sizeof(*s->q));
+            }
+            atomic_fetch_add(&ev->refs, 1);
+            s->q[s->qn++] = ev;
+            s->qbytes += ev->len;
+        }
+        stream_kick(s);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void waiter_signal(struct chat_waiter *w, bool expire)
+{
+    pthread_mutex_lock(&w->lock);
+    w->signaled = true;
+    if (expire)
+        w->expired = true;
+    if (w->parked) {
+        w->parked = false;
+        w->wake(w->door);
+    }
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Hands ev to every local stream of user (and wakes long-polls for
+ * messages). Takes ownership of ev. */
+static void fan_out(struct chat_delivery *d, const char *user, struct event *ev)
+{
+    pthread_mutex_lock(&d->hub_lock);
+    struct user_entry *e = entry_get(d, user, false);
+    if (e) {
+        for (struct chat_stream *s = e->streams; s; s = s->next)
+            stream_push(s, ev);
+        if (ev->kind == EV_MESSAGE)
+            for (struct chat_waiter *w = e->waiters; w; w = w->next)
+                waiter_signal(w, false);
+    }
+    pthread_mutex_unlock(&d->hub_lock);
+    event_unref(ev);
+}
+
+/* Asks every stream of user to read MySQL for what it may have missed, and
+ * every long-poll to check again. */
+static void catch_up_user(struct chat_delivery *d, const char *user)
+{
+    pthread_mutex_lock(&d->hub_lock);
+    struct user_entry *e = entry_get(d, user, false);
+    if (e) {
+        for (struct chat_stream *s = e->streams; s; s = s->next) {
+            pthread_mutex_lock(&s->lock);
+            s->need_catchup = true;
+            stream_kick(s);
+            pthread_mutex_unlock(&s->lock);
+        }
+        for (struct chat_waiter *w = e->waiters; w; w = w->next)
+            waiter_signal(w, false);
+    }
+    pthread_mutex_unlock(&d->hub_lock);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Bus payloads                                                             */
+/* ------------------------------------------------------------------------ */
+
+cJSON *chat_item_json(const struct chat_item *it)
+{
+    cJSON *o = cJSON_CreateObject();
+    chat_json_add_int(o, "seq", (int64_t)it->seq);
+    cJSON_AddStringToObject(o, "message_id", it->message_id);
+    cJSON_AddStringToObject(o, "from", it->from);
+    cJSON_AddStringToObject(o, "to", it->to);
+    cJSON_AddNullToObject(o, "chat");
+    cJSON_AddStringToObject(o, "body", it->body ? it->body : "");
+    chat_json_add_int(o, "ts", it->ts);
+    cJSON_AddStringToObject(o, "status",
+                            it->status == CHAT_STATUS_PENDING ? "pending" : "delivered");
+    return o;
+}
+
+static void message_frame(struct chat_buf *b, const struct chat_item *it)
+{
+    cJSON *o = chat_item_json(it);
+    char *data = chat_json_print(o);
+    char id[24];
+    snprintf(id, sizeof(id), "%llu", (unsigned long long)it->seq);
+    chat_sse_event(b, "message", id, data, strlen(data));
+    free(data);
+    cJSON_Delete(o);
+}
+
+/* Publishes an ACK (or, with applied, a receipt of a row already marked)
+ * on ack:<from>. */
+static void publish_ack(struct chat_delivery *d, const char *origin, const char *message_id,
+                        const char *from, const char *recipient, uint64_t seq, bool applied)
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof(buf),
+                     "{\"t\":\"ack\",\"origin\":\"%s\",\"message_id\":\"%s\",\"recipient\":\"%s\","
+                     "\"seq\":%llu,\"ts\":%lld,\"applied\":%s}",
+                     origin, message_id, recipient, (unsigned long long)seq,
+                     (long long)chat_now_ms(), applied ? "true" : "false");
+    /* Every field is an id of [A-Za-z0-9_.@:-]: nothing needs escaping. */
+    if (n > 0 && (size_t)n < sizeof(buf))
+        chat_bus_publish(d->bus, CHAT_CHANNEL_ACK, from, buf, (size_t)n, CHAT_CHANNEL_ACK, NULL);
+}
+
+static void pending_forget(struct chat_delivery *d, const char *message_id)
+{
+    pthread_mutex_lock(&d->pending_lock);
+    struct pending *p;
+    HASH_FIND_STR(d->pending, message_id, p);
+    if (p)
+        HASH_DEL(d->pending, p);
+    pthread_mutex_unlock(&d->pending_lock);
+    if (p) {
+        chat_bus_unref(d->bus, CHAT_CHANNEL_ACK, p->from);
+        free(p);
+    }
+}
+
+static void ack_enqueue(struct chat_delivery *d, const char *user, uint64_t seq)
+{
+    struct ack_job *j = chat_xcalloc(1, sizeof(*j));
+    snprintf(j->user, sizeof(j->user), "%s", user);
+    j->seq = seq;
+    pthread_mutex_lock(&d->ack_lock);
+    *d->acks_tail = j;
+    d->acks_tail = &j->next;
+    pthread_cond_signal(&d->ack_cond);
+    pthread_mutex_unlock(&d->ack_lock);
+}
+
+static void on_user_message(struct chat_delivery *d, const char *user, cJSON *root)
+{
+    cJSON *jit = cJSON_GetObjectItemCaseSensitive(root, "item");
+    const char *origin = chat_json_string(root, "origin");
+    uint64_t seq;
+    if (!cJSON_IsObject(jit) || !origin || chat_json_u64(jit, "seq", &seq) != 0)
+        return;
+    const char *mid = chat_json_string(jit, "message_id");
+    const char *from = chat_json_string(jit, "from");
+    if (!mid || !from || strlen(mid) > CHAT_MESSAGE_ID_LEN || !chat_user_valid(from))
+        return;
+    char *data = chat_json_print(jit);
+    char id[24];
+    snprintf(id, sizeof(id), "%llu", (unsigned long long)seq);
+    struct chat_buf b = {0};
+    chat_sse_event(&b, "message", id, data, strlen(data));
+    free(data);
+    struct event *ev = event_new(EV_MESSAGE, b.data, b.len);
+    chat_buf_cleanup(&b);
+    ev->seq = seq;
+    snprintf(ev->message_id, sizeof(ev->message_id), "%s", mid);
+    snprintf(ev->from, sizeof(ev->from), "%s", from);
+    snprintf(ev->origin, sizeof(ev->origin), "%s", origin);
+    fan_out(d, user, ev);
+}
+
+static void on_ack_message(struct chat_delivery *d, const char *sender, cJSON *root)
+{
+    const char *origin = chat_json_string(root, "origin");
+    const char *mid = chat_json_string(root, "message_id");
+    const char *rcpt = chat_json_string(root, "recipient");
+    uint64_t seq, ts;
+    if (!origin || !mid || !rcpt || !chat_user_valid(rcpt) ||
+        strlen(mid) > CHAT_MESSAGE_ID_LEN || chat_json_u64(root, "seq", &seq) != 0 ||
+        chat_json_u64(root, "ts", &ts) != 0)
+        return;
+    bool applied = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "applied"));
+    if (strcmp(origin, d->node_id) == 0) {
+        pending_forget(d, mid);
+        /* Step 5: the node that stored the message applies its ACK. */
+        if (!applied)
+            ack_enqueue(d, rcpt, seq);
+    } else if (applied) {
+        pending_forget(d, mid);
+    }
+    /* The sender's own streams get a receipt. */
+    cJSON *r = cJSON_CreateObject();
+    cJSON_AddStringToObject(r, "message_id", mid);
+    cJSON_AddStringToObject(r, "user", rcpt);
+    cJSON_AddStringToObject(r, "status", "delivered");
+    chat_json_add_int(r, "ts", (int64_t)ts);
+    char *data = chat_json_print(r);
+    cJSON_Delete(r);
+    struct chat_buf b = {0};
+    chat_sse_event(&b, "receipt", NULL, data, strlen(data));
+    free(data);
+    struct event *ev = event_new(EV_RECEIPT, b.data, b.len);
+    chat_buf_cleanup(&b);
+    fan_out(d, sender, ev);
+}
+
+static void bus_on_message(void *ctx, enum chat_channel_kind kind, const char *id,
+                           const char *payload, size_t len)
+{
+    struct chat_delivery *d = ctx;
+    cJSON *root = cJSON_ParseWithLength(payload, len);
+    if (!root) {
+        chat_warn("bus: unreadable payload on %s channel of %s", kind == CHAT_CHANNEL_ACK ? "ack" : "user", id);
+        return;
+    }
+    if (kind == CHAT_CHANNEL_USER)
+        on_user_message(d, id, root);
+    else if (kind == CHAT_CHANNEL_ACK)
+        on_ack_message(d, id, root);
+    cJSON_Delete(root);
+}
+
+static void bus_on_subscribed(void *ctx, enum chat_channel_kind kind, const char *id)
+{
+    /* Whatever was published before this subscription took effect (a new
+     * stream, or a reconnect after Redis went away) is read from MySQL. */
+    if (kind == CHAT_CHANNEL_USER)
+        catch_up_user(ctx, id);
+}
+
+static void bus_on_tick(void *ctx)
+{
+    struct chat_delivery *d = ctx;
+    int64_t now = chat_mono_ms();
+
+    /* ACK timeouts: the row stays PENDING; replay delivers it later. */
+    struct pending *p, *tmp, *expired = NULL;
+    pthread_mutex_lock(&d->pending_lock);
+    HASH_ITER(hh, d->pending, p, tmp)
+    {
+        if (p->deadline_ms <= now) {
+            HASH_DEL(d->pending, p);
+            p->hh.next = expired;
+            expired = p;
+        }
+    }
+    pthread_mutex_unlock(&d->pending_lock);
+    while (expired) {
+        p = expired;
+        expired = p->hh.next;
+        chat_metric_inc(ack_timeouts);
+        chat_debug("no ACK for %s within %d s", p->message_id, d->cfg->ack_timeout);
+        chat_bus_unref(d->bus, CHAT_CHANNEL_ACK, p->from);
+        free(p);
+    }
+
+    /* Keepalives and long-poll deadlines. */
+    int64_t ka = (int64_t)d->cfg->keepalive * 1000;
+    pthread_mutex_lock(&d->hub_lock);
+    struct user_entry *e, *etmp;
+    HASH_ITER(hh, d->users, e, etmp)
+    {
+        for (struct chat_stream *s = e->streams; s; s = s->next) {
+            if (now - atomic_load(&s->last_write_ms) < ka - 500)
+                continue;
+            pthread_mutex_lock(&s->lock);
+            s->keepalive_due = true;
+            stream_kick(s);
+            pthread_mutex_unlock(&s->lock);
+        }
+        for (struct chat_waiter *w = e->waiters; w; w = w->next)
+            if (w->deadline_ms <= now)
+                waiter_signal(w, true);
+    }
+    pthread_mutex_unlock(&d->hub_lock);
+}
+
+static const struct chat_bus_ops bus_ops = {
+    .on_message = bus_on_message,
+    .on_subscribed = bus_on_subscribed,
+    .on_tick = bus_on_tick,
+};
+
+/* ------------------------------------------------------------------------ */
+/* The ACK worker: applies ACKs of messages this node stored                */
+/* ------------------------------------------------------------------------ */
+
+static void *ack_main(void *arg)
+{
+    struct chat_delivery *d = arg;
+    struct chat_store *st = chat_store_local(d->cfg);
+    pthread_mutex_lock(&d->ack_lock);
+    while (!d->ack_stop) {
+        if (!d->acks) {
+            pthread_cond_wait(&d->ack_cond, &d->ack_lock);
+            continue;
+        }
+        struct ack_job *j = d->acks;
+        d->acks = NULL;
+        d->acks_tail = &d->acks;
+        pthread_mutex_unlock(&d->ack_lock);
+        while (j) {
+            struct ack_job *next = j->next;
+            struct chat_acked *acked = NULL;
+            size_t n = 0;
+            /* A failure leaves the row PENDING: it is replayed, not lost. */
+            if (chat_store_ack(st, j->user, &j->seq, 1, d->cfg->ack_policy, chat_now_ms(), &acked,
+                               &n) != 0)
+                chat_warn("ack of %s seq %llu not applied: MySQL unavailable", j->user,
+                          (unsigned long long)j->seq);
+            free(acked);
+            free(j);
+            j = next;
+        }
+        pthread_mutex_lock(&d->ack_lock);
+    }
+    pthread_mutex_unlock(&d->ack_lock);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lifecycle                                                                */
+/* ------------------------------------------------------------------------ */
+
+struct chat_delivery *chat_delivery_new(const struct chat_config *cfg)
+{
+    struct chat_delivery *d = chat_xcalloc(1, sizeof(*d));
+    d->cfg = cfg;
+    if (cfg->node_id[0]) {
+        snprintf(d->node_id, sizeof(d->node_id), "%s", cfg->node_id);
+    } else {
+        char host[64] = "node";
+        gethostname(host, sizeof(host) - 1);
+        snprintf(d->node_id, sizeof(d->node_id), "%.50s:%d", host, cfg->port);
+    }
+    pthread_mutex_init(&d->hub_lock, NULL);
+    pthread_mutex_init(&d->pending_lock, NULL);
+    pthread_mutex_init(&d->ack_lock, NULL);
+    pthread_cond_init(&d->ack_cond, NULL);
+    d->acks_tail = &d->acks;
+    d->bus = chat_bus_new(cfg, &bus_ops, d);
+    if (!d->bus) {
+        chat_delivery_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+int chat_delivery_start(struct chat_delivery *d)
+{
+    if (pthread_create(&d->ack_thread, NULL, ack_main, d) != 0)
+        return CHAT_EINTERNAL;
+    d->ack_started = true;
+    return chat_bus_start(d->bus);
+}
+
+void chat_delivery_stop(struct chat_delivery *d)
+{
+    if (!d || atomic_exchange(&d->stopping, true))
+        return;
+    pthread_mutex_lock(&d->hub_lock);
+    struct user_entry *e, *tmp;
+    HASH_ITER(hh, d->users, e, tmp)
+    {
+        for (struct chat_stream *s = e->streams; s; s = s->next) {
+            pthread_mutex_lock(&s->lock);
+            s->closing = true;
+            stream_kick(s);
+            pthread_mutex_unlock(&s->lock);
+        }
+        for (struct chat_waiter *w = e->waiters; w; w = w->next)
+            waiter_signal(w, true);
+    }
+    pthread_mutex_unlock(&d->hub_lock);
+}
+
+void chat_delivery_free(struct chat_delivery *d)
+{
+    if (!d)
+        return;
+    chat_delivery_stop(d);
+    chat_bus_free(d->bus);
+    if (d->ack_started) {
+        pthread_mutex_lock(&d->ack_lock);
+        d->ack_stop = true;
+        pthread_cond_signal(&d->ack_cond);
+        pthread_mutex_unlock(&d->ack_lock);
+        pthread_join(d->ack_thread, NULL);
+    }
+    for (struct ack_job *j = d->acks; j;) {
+        struct ack_job *next = j->next;
+        free(j);
+        j = next;
+    }
+    struct pending *p, *ptmp;
+    HASH_ITER(hh, d->pending, p, ptmp)
+    {
+        HASH_DEL(d->pending, p);
+        free(p);
+    }
+    struct user_entry *e, *etmp;
+    HASH_ITER(hh, d->users, e, etmp)
+    {
+        HASH_DEL(d->users, e);
+        free(e);
+    }
+    pthread_cond_destroy(&d->ack_cond);
+    pthread_mutex_destroy(&d->ack_lock);
+    pthread_mutex_destroy(&d->pending_lock);
+    pthread_mutex_destroy(&d->hub_lock);
+    free(d);
+}
+
+const struct chat_config *chat_delivery_config(const struct chat_delivery *d)
+{
+    return d->cfg;
+}
+
+bool chat_delivery_bus_up(const struct chat_delivery *d)
+{
+    return chat_bus_up(d->bus);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sending                                                                  */
+/* ------------------------------------------------------------------------ */
+
+int chat_delivery_send(struct chat_delivery *d, const struct chat_send *in, struct chat_sent *out)
+{
+    struct chat_store *st = chat_store_local(d->cfg);
+    int err = chat_store_send(st, in, out);
+    if (err || !out->created)
+        return err;
+    chat_metric_inc(messages_stored);
+
+    /* Track the ACK before publishing, and subscribe to the sender's ACK
+     * channel; the bus holds the publish until that subscription is live. */
+    struct pending *p = chat_xcalloc(1, sizeof(*p));
+    snprintf(p->message_id, sizeof(p->message_id), "%s", out->item.message_id);
+    snprintf(p->from, sizeof(p->from), "%s", in->from);
+    p->deadline_ms = chat_mono_ms() + (int64_t)d->cfg->ack_timeout * 1000;
+    pthread_mutex_lock(&d->pending_lock);
+    HASH_ADD_STR(d->pending, message_id, p);
+    pthread_mutex_unlock(&d->pending_lock);
+    chat_bus_ref(d->bus, CHAT_CHANNEL_ACK, in->from);
+
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "t", "msg");
+    cJSON_AddStringToObject(root, "origin", d->node_id);
+    cJSON_AddItemToObject(root, "item", chat_item_json(&out->item));
+    char *payload = chat_json_print(root);
+    cJSON_Delete(root);
+    chat_bus_publish(d->bus, CHAT_CHANNEL_USER, in->to, payload, strlen(payload),
+                     CHAT_CHANNEL_ACK, in->from);
+    free(payload);
+    return 0;
+}
+
+/* Marks rows (after, up_to] that this node wrote from MySQL, and sends their
+ * receipts: no origin waits for an ACK of a replayed row. */
+static void apply_written_range(struct chat_delivery *d, struct chat_store *st, const char *user,
+                                uint64_t after, uint64_t up_to)
+{
+    if (d->cfg->mode != CHAT_MODE_SERVER || up_to <= after)
+        return;
+    struct chat_acked *acked = NULL;
+    size_t n = 0;
+    if (chat_store_ack_range(st, user, after, up_to, d->cfg->ack_policy, chat_now_ms(), &acked,
+                             &n) != 0)
+        return; /* left PENDING: replayed again later */
+    for (size_t i = 0; i < n; i++)
+        publish_ack(d, d->node_id, acked[i].message_id, acked[i].from, user, acked[i].seq, true);
+    free(acked);
+}
+
+int chat_delivery_device_ack(struct chat_delivery *d, const char *user, const uint64_t *seqs,
+                             size_t n, uint64_t up_to, size_t *count)
+{
+    struct chat_store *st = chat_store_local(d->cfg);
+    struct chat_acked *acked = NULL;
+    size_t na = 0;
+    int err = seqs ? chat_store_ack(st, user, seqs, n, d->cfg->ack_policy, chat_now_ms(), &acked,
+                                    &na)
+                   : chat_store_ack_range(st, user, 0, up_to, d->cfg->ack_policy, chat_now_ms(),
+                                          &acked, &na);
+    if (err)
+        return err;
+    for (size_t i = 0; i < na; i++)
+        publish_ack(d, d->node_id, acked[i].message_id, acked[i].from, user, acked[i].seq, true);
+    free(acked);
+    *count = na;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Streams                                                                  */
+/* ------------------------------------------------------------------------ */
+
+struct chat_stream *chat_stream_open(struct chat_delivery *d, const char *user, bool has_last,
+                                     uint64_t last_seq, chat_park_fn park, chat_wake_fn wake,
+                                     void *door)
+{
+    struct chat_stream *s = chat_xcalloc(1, sizeof(*s));
+    s->d = d;
+    snprintf(s->user, sizeof(s->user), "%s", user);
+    pthread_mutex_init(&s->lock, NULL);
+    s->park = park;
+    s->wake = wake;
+    s->door = door;
+    s->last_seq = last_seq;
+    s->replaying_pending = !has_last;
+    atomic_init(&s->last_write_ms, chat_mono_ms());
+    if (atomic_load(&d->stopping))
+        s->closing = true;
+
+    /* Registered before the first read of MySQL: an event that arrives in
+     * between is queued, and the seq check drops what the read returned. */
+    pthread_mutex_lock(&d->hub_lock);
+    struct user_entry *e = entry_get(d, user, true);
+    s->next = e->streams;
+    if (e->streams)
+        e->streams->prev = s;
+    e->streams = s;
+    pthread_mutex_unlock(&d->hub_lock);
+    chat_bus_ref(d->bus, CHAT_CHANNEL_USER, user);
+    chat_bus_ref(d->bus, CHAT_CHANNEL_ACK, user); /* receipts for this user as a sender */
+    chat_metric_inc(streams_open);
+    return s;
+}
+
+void chat_stream_set_door(struct chat_stream *s, chat_park_fn park, chat_wake_fn wake, void *door)
+{
+    pthread_mutex_lock(&s->lock);
+    s->park = park;
+    s->wake = wake;
+    s->door = door;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void chat_stream_close(struct chat_stream *s)
+{
+    if (!s)
+        return;
+    struct chat_delivery *d = s->d;
+    pthread_mutex_lock(&d->hub_lock);
+    struct user_entry *e = entry_get(d, s->user, false);
+    if (e) {
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            e->streams = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        entry_release(d, e);
+    }
+    pthread_mutex_unlock(&d->hub_lock);
+    chat_bus_unref(d->bus, CHAT_CHANNEL_USER, s->user);
+    chat_bus_unref(d->bus, CHAT_CHANNEL_ACK, s->user);
+    for (size_t i = 0; i < s->qn; i++)
+        event_unref(s->q[i]);
+    free(s->q);
+    chat_buf_cleanup(&s->out);
+    pthread_mutex_destroy(&s->lock);
+    chat_metric_dec(streams_open);
+    free(s);
+}
+
+/* Reads one batch of rows from MySQL into the stream. Returns 0 or
+ * CHAT_EUNAVAIL (the stream then waits for the next event or tick). */
+static int stream_read_rows(struct chat_stream *s)
+{
+    struct chat_delivery *d = s->d;
+    struct chat_store *st = chat_store_local(d->cfg);
+    struct chat_items items;
+    bool pending = s->replaying_pending;
+    uint64_t after = pending ? s->replay_after : s->last_seq;
+    if (pending && !s->started) {
+        /* Read last_seq first: a row committed after this read has a larger
+         * seq and arrives live or through a catch-up. */
+        uint64_t last;
+        int err = chat_store_last_seq(st, s->user, &last);
+        if (err)
+            return err;
+        s->last_seq = last;
+    }
+    int err = chat_store_inbox(st, s->user, after, pending, (unsigned)d->cfg->replay_batch, &items);
+    if (err)
+        return err;
+    chat_metric_inc(catchups);
+    uint64_t before = s->last_seq;
+    for (size_t i = 0; i < items.n; i++) {
+        struct chat_item *it = &items.v[i];
+        if (pending) {
+            s->replay_after = it->seq;
+        } else if (it->seq <= s->last_seq) {
+            continue;
+        }
+        message_frame(&s->out, it);
+        chat_metric_inc(events_delivered);
+        if (it->seq > s->last_seq)
+            s->last_seq = it->seq;
+    }
+    if (pending) {
+        s->replaying_pending = items.more;
+        if (items.n && d->cfg->mode == CHAT_MODE_SERVER)
+            apply_written_range(d, st, s->user, items.v[0].seq - 1, items.v[items.n - 1].seq);
+    } else {
+        s->catching_up = items.more;
+        apply_written_range(d, st, s->user, before, s->last_seq);
+    }
+    chat_items_cleanup(&items);
+    return 0;
+}
+
+/* Writes a live message event, or reads MySQL when it shows a gap. */
+static void stream_take_message(struct chat_stream *s, struct event *ev)
+{
+    struct chat_delivery *d = s->d;
+    if (ev->seq <= s->last_seq)
+        return; /* already written (replayed, or a second publish) */
+    if (ev->seq > s->last_seq + 1) {
+        /* Seqs commit in order, so the missing ones are in MySQL now. */
+        if (stream_read_rows(s) == 0 && ev->seq <= s->last_seq)
+            return;
+        if (ev->seq > s->last_seq + 1)
+            chat_info("stream of %s: rows %llu..%llu are gone (deleted after delivery)",
+                      s->user, (unsigned long long)s->last_seq + 1,
+                      (unsigned long long)ev->seq - 1);
+    }
+    chat_buf_append(&s->out, ev->frame, ev->len);
+    s->last_seq = ev->seq;
+    chat_metric_inc(events_delivered);
+    if (d->cfg->mode == CHAT_MODE_SERVER)
+        publish_ack(d, ev->origin, ev->message_id, ev->from, s->user, ev->seq, false);
+}
+
+ssize_t chat_stream_read(struct chat_stream *s, char *buf, size_t max)
+{
+    struct chat_delivery *d = s->d;
+    for (;;) {
+        if (s->out.len > 0) {
+            size_t n = s->out.len < max ? s->out.len : max;
+            memcpy(buf, s->out.data, n);
+            chat_buf_consume(&s->out, n);
+            atomic_store(&s->last_write_ms, chat_mono_ms());
+            return (ssize_t)n;
+        }
+        if (!s->started) {
+            chat_sse_retry(&s->out, (unsigned)d->cfg->retry_ms);
+            stream_read_rows(s);
+            s->started = true;
+            continue;
+        }
+        if (s->replaying_pending || s->catching_up) {
+            if (stream_read_rows(s) == 0 && s->out.len > 0)
+                continue;
+        }
+
+        pthread_mutex_lock(&s->lock);
+        if (s->closing) {
+            pthread_mutex_unlock(&s->lock);
+            return -1;
+        }
+        bool catchup = s->need_catchup, keepalive = s->keepalive_due;
+        struct event **q = s->q;
+        size_t qn = s->qn;
+        if (!catchup && !keepalive && qn == 0) {
+            s->parked = true;
+            s->park(s->door);
+            pthread_mutex_unlock(&s->lock);
+            return 0;
+        }
+        s->need_catchup = s->keepalive_due = false;
+        s->q = NULL;
+        s->qn = s->qcap = s->qbytes = 0;
+        pthread_mutex_unlock(&s->lock);
+
+        if (catchup)
+            stream_read_rows(s);
+        for (size_t i = 0; i < qn; i++) {
+            if (q[i]->kind == EV_MESSAGE) {
+                stream_take_message(s, q[i]);
+            } else {
+                chat_buf_append(&s->out, q[i]->frame, q[i]->len);
+                chat_metric_inc(receipts_sent);
+            }
+            event_unref(q[i]);
+        }
+        free(q);
+        if (keepalive && s->out.len == 0)
+            chat_sse_comment(&s->out, "keepalive");
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Long-poll waiters                                                        */
+/* ------------------------------------------------------------------------ */
+
+struct chat_waiter *chat_waiter_new(struct chat_delivery *d, const char *user,
+                                    int64_t deadline_ms, chat_park_fn park, chat_wake_fn wake,
+                                    void *door)
+{
+    struct chat_waiter *w = chat_xcalloc(1, sizeof(*w));
+    w->d = d;
+    snprintf(w->user, sizeof(w->user), "%s", user);
+    w->deadline_ms = deadline_ms;
+    pthread_mutex_init(&w->lock, NULL);
+    w->park = park;
+    w->wake = wake;
+    w->door = door;
+    w->expired = atomic_load(&d->stopping);
+    pthread_mutex_lock(&d->hub_lock);
+    struct user_entry *e = entry_get(d, user, true);
+    w->next = e->waiters;
+    if (e->waiters)
+        e->waiters->prev = w;
+    e->waiters = w;
+    pthread_mutex_unlock(&d->hub_lock);
+    chat_bus_ref(d->bus, CHAT_CHANNEL_USER, user);
+    chat_metric_inc(polls_waiting);
+    return w;
+}
+
+bool chat_waiter_park(struct chat_waiter *w)
+{
+    pthread_mutex_lock(&w->lock);
+    if (w->signaled || w->expired || chat_mono_ms() >= w->deadline_ms) {
+        w->signaled = false;
+        pthread_mutex_unlock(&w->lock);
+        return false;
+    }
+    w->parked = true;
+    w->park(w->door);
+    pthread_mutex_unlock(&w->lock);
+    return true;
+}
+
+bool chat_waiter_expired(struct chat_waiter *w)
+{
+    pthread_mutex_lock(&w->lock);
+    bool expired = w->expired || chat_mono_ms() >= w->deadline_ms;
+    pthread_mutex_unlock(&w->lock);
+    return expired;
+}
+
+void chat_waiter_free(struct chat_waiter *w)
+{
+    if (!w)
+        return;
+    struct chat_delivery *d = w->d;
+    pthread_mutex_lock(&d->hub_lock);
+    struct user_entry *e = entry_get(d, w->user, false);
+    if (e) {
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            e->waiters = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+        entry_release(d, e);
+    }
+    pthread_mutex_unlock(&d->hub_lock);
+    chat_bus_unref(d->bus, CHAT_CHANNEL_USER, w->user);
+    pthread_mutex_destroy(&w->lock);
+    chat_metric_dec(polls_waiting);
+    free(w);
+}
+
+void chat_delivery_poll_written(struct chat_delivery *d, const char *user, uint64_t after,
+                                uint64_t up_to)
+{
+    apply_written_range(d, chat_store_local(d->cfg), user, after, up_to);
+}

@@ -1,0 +1,168 @@
+/* json.c: JSON helpers and UTF-8 validation. */
+#include "json.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "err.h"
+
+bool chat_utf8_valid(const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len;
+        unsigned lo = 0x80, hi = 0xBF; /* bounds of the second byte */
+        if (c >= 0xC2 && c <= 0xDF)
+            len = 2;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3;
+            if (c == 0xE0)
+                lo = 0xA0; /* overlong */
+            else if (c == 0xED)
+                hi = 0x9F; /* surrogates */
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4;
+            if (c == 0xF0)
+                lo = 0x90; /* overlong */
+            else if (c == 0xF4)
+                hi = 0x8F; /* above U+10FFFF */
+        } else
+            return false;
+        if (n - i < len)
+            return false;
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return false;
+        for (size_t k = 2; k < len; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xBF)
+                return false;
+        i += len;
+    }
+    return true;
+}
+
+/* True when the JSON text holds the escape \u0000 (cJSON would truncate the
+ * string there). A backslash is an escape only after an even run of them. */
+static bool has_nul_escape(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '\\')
+            continue;
+        if (i + 1 < n && s[i + 1] == '\\') {
+            i++; /* an escaped backslash */
+            continue;
+        }
+        if (i + 5 < n && s[i + 1] == 'u' && s[i + 2] == '0' && s[i + 3] == '0' &&
+            s[i + 4] == '0' && s[i + 5] == '0')
+            return true;
+    }
+    return false;
+}
+
+cJSON *chat_json_parse_object(const char *body, size_t len, int *err, const char **why)
+{
+    *err = CHAT_EINVAL;
+    if (!body || len == 0) {
+        *why = "the body is empty; a JSON object is required";
+        return NULL;
+    }
+    if (!chat_utf8_valid(body, len)) {
+        *why = "the body is not valid UTF-8";
+        return NULL;
+    }
+    if (memchr(body, '\0', len) || has_nul_escape(body, len)) {
+        *why = "NUL characters are not allowed";
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (!root) {
+        *why = "the body is not valid JSON";
+        return NULL;
+    }
+    /* cJSON stops at the end of the first value; only whitespace may follow. */
+    for (const char *p = end; p && p < body + len; p++) {
+        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
+            cJSON_Delete(root);
+            *why = "the body is not valid JSON";
+            return NULL;
+        }
+    }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        *why = "the body must be a JSON object";
+        return NULL;
+    }
+    *err = 0;
+    *why = NULL;
+    return root;
+}
+
+const char *chat_json_string(const cJSON *obj, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+int chat_json_u64(const cJSON *obj, const char *name, uint64_t *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    if (!v || cJSON_IsNull(v))
+        return CHAT_ENOTFOUND;
+    if (!cJSON_IsNumber(v))
+        return CHAT_EINVAL;
+    double d = v->valuedouble;
+    if (!(d >= 0) || d > 9007199254740992.0 || floor(d) != d)
+        return CHAT_EINVAL;
+    *out = (uint64_t)d;
+    return 0;
+}
+
+char *chat_json_print(const cJSON *obj)
+{
+    char *s = cJSON_PrintUnformatted(obj);
+    if (!s)
+        abort(); /* cJSON fails only when allocation fails */
+    return s;
+}
+
+char *chat_json_error(const char *code, const char *message)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddStringToObject(e, "code", code);
+    cJSON_AddStringToObject(e, "message", message);
+    char *s = chat_json_print(root);
+    cJSON_Delete(root);
+    return s;
+}
+
+void chat_json_add_int(cJSON *obj, const char *name, int64_t v)
+{
+    cJSON_AddNumberToObject(obj, name, (double)v);
+}
+
+int chat_parse_u64(const char *s, uint64_t *out)
+{
+    if (!s || *s < '0' || *s > '9')
+        return CHAT_EINVAL;
+    uint64_t v = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return CHAT_EINVAL;
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return CHAT_EINVAL;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}

@@ -1,0 +1,113 @@
+"""The SSE stream itself: headers, first frame, keepalive, vanished clients, text."""
+
+import json
+import time
+
+from chatlib import (KEEPALIVE_S, SSEStream, check_item, expect_json, front, get_message, inbox,
+                     metric, node, post, send, stream, token, uid, wait_until)
+
+
+def _check_headers(s, strict=True):
+    s.expect_ok()
+    ct = (s.header("Content-Type") or "").lower()
+    assert ct.startswith("text/event-stream"), "%s: Content-Type %r" % (s.desc, ct)
+    cc = (s.header("Cache-Control") or "").lower()
+    assert "no-cache" in cc, "%s: Cache-Control %r" % (s.desc, cc)
+    if strict:
+        xab = (s.header("X-Accel-Buffering") or "").lower()
+        assert xab == "no", "%s: X-Accel-Buffering %r" % (s.desc, xab)
+
+
+def test_stream_headers_first_frame_and_keepalive():
+    idle = 5.0
+    bob = uid("bob")
+    streams = [SSEStream(node(1), bob).open(), SSEStream(front(), bob).open()]
+    try:
+        _check_headers(streams[0], strict=True)
+        _check_headers(streams[1], strict=False)
+        for s in streams:
+            s.wait_connected()
+            assert s.fields and s.fields[0] == ("retry", "3000"), "%s: first frame %r, want retry: 3000" % (
+                s.desc, s.fields[:3])
+        t0 = time.monotonic()
+        for s in streams:
+            s.wait_for(lambda: len(s.comments) >= 2, idle + 0.5 - (time.monotonic() - t0),
+                       "2 keepalive comments within %.0f s" % idle)
+        for s in streams:
+            ts = [t for t, _ in s.comments]
+            gaps = [b - a for a, b in zip(ts, ts[1:])]
+            print("%s: %d comments, gaps %s" % (s.desc, len(ts), ["%.2f" % g for g in gaps]))
+            assert not s.events, "idle stream got events: %r" % s.events
+            assert not s.ended, "stream ended while idle: %r" % s.error
+    finally:
+        for s in streams:
+            s.close()
+
+
+def test_vanished_clients_are_dropped():
+    n1 = node(1)
+    user = uid("flaky")
+    before = metric(n1, "chat_streams_open")
+    streams = []
+    try:
+        for _ in range(20):
+            streams.append(stream(n1, user))
+        opened = metric(n1, "chat_streams_open")
+        print("chat_streams_open: before %d, with 20 open %d" % (before, opened))
+        assert opened >= 20, "20 streams open but chat_streams_open is %s" % opened
+        for i, s in enumerate(streams):
+            if i % 2 == 0:
+                s.abort()  # RST
+            else:
+                s.close()  # FIN, then gone
+        bound = KEEPALIVE_S * 2 + 2
+        t0 = time.monotonic()
+        target = min(before, opened - 20)
+        wait_until(lambda: metric(n1, "chat_streams_open") <= target, bound,
+                   "chat_streams_open on node1 to drop back to %d" % target, interval=0.2)
+        print("dropped back after %.1f s" % (time.monotonic() - t0))
+    finally:
+        for s in streams:
+            s.close()
+    # the user can still stream and receive
+    with stream(n1, user) as s:
+        mid = send(n1, uid("alice"), user, "after the storm")["message_id"]
+        s.wait_message_id(mid, timeout=5)
+
+
+BODIES = [
+    "a\nb\r\nc",
+    "\U0001F600 \u00fcn\u00efc\u00f8d\u00e9",
+    "line1\n\nline3\n",
+    "\r",
+    "data: not a field\n\nevent: nope\nid: 99",
+    ": not a comment",
+    "tab\there \"quoted\" back\\slash </script>",
+    "\u2028\u2029\u0085 separators",
+    "\u4e2d\u6587 \u0627\u0644\u0639\u0631\u0628\u064a\u0629 \U0001F468\u200d\U0001F469\u200d\U0001F467",
+    " leading and trailing spaces ",
+]
+
+
+def test_unicode_round_trip():
+    n1, n2 = node(1), node(2)
+    alice, bob = uid("alice"), uid("bob")
+    with stream(n2, bob) as s:
+        mids = []
+        for i, body in enumerate(BODIES):
+            sent = send(n1 if i % 2 == 0 else n2, alice, bob, body)
+            assert sent["body"] == body, "201 echoed %r for %r" % (sent["body"], body)
+            mids.append(sent["message_id"])
+        evs = s.wait_messages(len(BODIES), timeout=5)
+        for ev, body, mid in zip(evs, BODIES, mids):
+            check_item(ev.json(), alice, bob, body, mid)
+    items = inbox(n1, bob, status="all")["items"]
+    assert [i["message_id"] for i in items] == mids
+    for it, body in zip(items, BODIES):
+        assert it["body"] == body, "inbox body %r, sent %r" % (it["body"], body)
+    for mid, body in zip(mids, BODIES):
+        assert expect_json(get_message(n2, alice, mid), 200)["body"] == body
+    # the same text sent with \u escapes instead of raw UTF-8
+    raw = json.dumps({"to": bob, "body": BODIES[1]}, ensure_ascii=True).encode()
+    j = expect_json(post(n1, "/v1/messages", raw, token=token(alice)), 201)
+    assert j["body"] == BODIES[1], j
