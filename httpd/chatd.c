@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "alloc.h"
@@ -165,9 +166,8 @@ static enum MHD_Result queue_stream(struct req *r, struct chat_response *resp)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     struct chatd *chatd = cls;
     struct req *r = *con_cls;
@@ -324,6 +324,13 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    /* Every stream is a descriptor: take what the hard limit allows. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
     /* Signals go to the main thread only, which waits for them below. */
     sigset_t sigs;
     sigemptyset(&sigs);
@@ -341,15 +348,14 @@ int main(int argc, char **argv)
     chatd.api = chat_api_new(chatd.delivery);
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     chatd.mhd = MHD_start_daemon(
-        flags, (uint16_t)chatd.cfg.port, NULL, NULL, on_request, &chatd, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)chatd.cfg.threads,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)chatd.cfg.max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)chatd.cfg.connection_timeout,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, &chatd, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-        &chatd, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_END);
+        flags, (uint16_t)chatd.cfg.port, NULL, NULL, on_request, &chatd, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_log, &chatd, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)chatd.cfg.threads, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)chatd.cfg.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)chatd.cfg.connection_timeout, MHD_OPTION_NOTIFY_COMPLETED, on_completed, &chatd,
+        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_END);
     if (!chatd.mhd) {
-        chat_error("cannot listen on %s:%d: %s", chatd.cfg.listen, chatd.cfg.port,
-                   strerror(errno));
+        chat_error("cannot listen on %s:%d: %s", chatd.cfg.listen, chatd.cfg.port, strerror(errno));
         goto out;
     }
     chat_info("chatd listening on %s:%d (%d threads)", chatd.cfg.listen, chatd.cfg.port,

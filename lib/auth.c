@@ -22,6 +22,30 @@ bool chat_user_valid(const char *s)
     return n >= 1;
 }
 
+/* A compact JWS: three non-empty base64url parts. libjwt 1.10 writes past a
+ * zero-byte buffer when a part is empty, so nothing else reaches it. */
+static bool token_shape_ok(const char *t)
+{
+    int parts = 1;
+    size_t run = 0;
+    for (const char *p = t; *p; p++) {
+        char c = *p;
+        if (c == '.') {
+            if (run == 0)
+                return false;
+            parts++;
+            run = 0;
+            continue;
+        }
+        bool b64 = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   c == '-' || c == '_';
+        if (!b64)
+            return false;
+        run++;
+    }
+    return parts == 3 && run > 0;
+}
+
 int chat_auth_verify(const char *secret, const char *token, int64_t now,
                      char user[CHAT_USER_MAX + 1], const char **why)
 {
@@ -31,6 +55,8 @@ int chat_auth_verify(const char *secret, const char *token, int64_t now,
         *why = "missing token";
         return CHAT_EAUTH;
     }
+    if (!token_shape_ok(token))
+        goto fail;
     if (jwt_decode(&jwt, token, (const unsigned char *)secret, (int)strlen(secret)) != 0 || !jwt)
         goto fail;
     /* RFC 8725 3.1: the algorithm is ours to choose, not the token's. libjwt

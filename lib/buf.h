@@ -12,7 +12,8 @@ struct chat_buf {
 
 void chat_buf_append(struct chat_buf *b, const void *p, size_t n);
 void chat_buf_puts(struct chat_buf *b, const char *s);
-void chat_buf_printf(struct chat_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void chat_buf_printf(struct chat_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* Drops the first n bytes (n <= len). */
 void chat_buf_consume(struct chat_buf *b, size_t n);
 void chat_buf_reset(struct chat_buf *b);

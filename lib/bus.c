@@ -106,7 +106,7 @@ struct cmd {
 
 struct link {
     struct chat_bus *bus;
-    const char *name; /* "subscriber" or "publisher" */
+    const char *name;      /* "subscriber" or "publisher" */
     redisAsyncContext *ac; /* NULL while down; hiredis frees it */
     bool up;
     bool ever_up;
@@ -180,8 +180,8 @@ static void send_publish(struct chat_bus *bus, struct pub_msg *m)
         backlog_push(bus, m);
         return;
     }
-    if (redisAsyncCommand(bus->pub.ac, on_publish_reply, m, "PUBLISH %s %b", m->channel,
-                          m->payload, m->len) != REDIS_OK)
+    if (redisAsyncCommand(bus->pub.ac, on_publish_reply, m, "PUBLISH %s %b", m->channel, m->payload,
+                          m->len) != REDIS_OK)
         backlog_push(bus, m);
 }
 
@@ -341,8 +341,7 @@ static void link_down(struct link *l)
         atomic_store(&bus->sub_up, false);
         /* Every subscription is gone; what waited on one is sent anyway. */
         struct chan *c, *tmp;
-        HASH_ITER(hh, bus->chans, c, tmp)
-        {
+        HASH_ITER (hh, bus->chans, c, tmp) {
             flush_deferred(bus, c);
             if (c->state == CHAN_UNSUBSCRIBING && c->refs == 0)
                 chan_free(bus, c);
@@ -352,7 +351,7 @@ static void link_down(struct link *l)
     } else {
         atomic_store(&bus->pub_up, false);
     }
-    if (was_up)
+    if (was_up && !bus->stopping)
         chat_warn("redis: %s link lost", l->name);
     link_schedule_retry(l);
 }
@@ -377,8 +376,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (l == &bus->sub) {
         atomic_store(&bus->sub_up, true);
         struct chan *c, *tmp;
-        HASH_ITER(hh, bus->chans, c, tmp)
-        {
+        HASH_ITER (hh, bus->chans, c, tmp) {
             if (c->refs > 0)
                 subscribe(bus, c);
             else
@@ -495,8 +493,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     struct chat_bus *bus = arg;
     int64_t now = chat_mono_ms();
     struct chan *c, *tmp;
-    HASH_ITER(hh, bus->chans, c, tmp)
-    {
+    HASH_ITER (hh, bus->chans, c, tmp) {
         if (c->refs == 0 && c->state != CHAN_UNSUBSCRIBING && now - c->unused_since > LINGER_MS)
             unsubscribe(bus, c);
     }
@@ -594,8 +591,7 @@ void chat_bus_free(struct chat_bus *bus)
         return;
     chat_bus_stop(bus);
     struct chan *c, *tmp;
-    HASH_ITER(hh, bus->chans, c, tmp)
-    {
+    HASH_ITER (hh, bus->chans, c, tmp) {
         HASH_DEL(bus->chans, c);
         struct pub_msg *m = c->deferred;
         while (m) {
@@ -639,8 +635,8 @@ static struct cmd *channel_cmd(struct chat_bus *bus, enum cmd_type type,
 {
     struct cmd *cmd = chat_xcalloc(1, sizeof(*cmd));
     cmd->type = type;
-    if (chat_channel_name(cmd->channel, sizeof(cmd->channel), bus->cfg->channel_prefix, kind,
-                          id) < 0) {
+    if (chat_channel_name(cmd->channel, sizeof(cmd->channel), bus->cfg->channel_prefix, kind, id) <
+        0) {
         free(cmd);
         return NULL;
     }

@@ -39,8 +39,8 @@ int chat_channel_parse(const char *name, const char *prefix, enum chat_channel_k
 struct chat_bus_ops {
     /* A message arrived on a channel this process uses. Bus thread; payload
      * is borrowed until return. */
-    void (*on_message)(void *ctx, enum chat_channel_kind kind, const char *id,
-                       const char *payload, size_t len);
+    void (*on_message)(void *ctx, enum chat_channel_kind kind, const char *id, const char *payload,
+                       size_t len);
     /* Redis confirmed a subscription (first use, or after a reconnect). */
     void (*on_subscribed)(void *ctx, enum chat_channel_kind kind, const char *id);
     /* Once a second, on the bus thread. */

@@ -161,8 +161,8 @@ static int set_key(struct chat_config *cfg, const struct key *k, const char *val
         else if (strcmp(value, "delete") == 0)
             *(enum chat_policy *)field = CHAT_POLICY_DELETE;
         else {
-            snprintf(err, errlen, "[%s] %s: \"%s\" is not one of mark, delete", k->section,
-                     k->name, value);
+            snprintf(err, errlen, "[%s] %s: \"%s\" is not one of mark, delete", k->section, k->name,
+                     value);
             return CHAT_EINVAL;
         }
         return 0;

@@ -354,9 +354,8 @@ static void on_ack_message(struct chat_delivery *d, const char *sender, cJSON *r
     const char *mid = chat_json_string(root, "message_id");
     const char *rcpt = chat_json_string(root, "recipient");
     uint64_t seq, ts;
-    if (!origin || !mid || !rcpt || !chat_user_valid(rcpt) ||
-        strlen(mid) > CHAT_MESSAGE_ID_LEN || chat_json_u64(root, "seq", &seq) != 0 ||
-        chat_json_u64(root, "ts", &ts) != 0)
+    if (!origin || !mid || !rcpt || !chat_user_valid(rcpt) || strlen(mid) > CHAT_MESSAGE_ID_LEN ||
+        chat_json_u64(root, "seq", &seq) != 0 || chat_json_u64(root, "ts", &ts) != 0)
         return;
     bool applied = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "applied"));
     if (strcmp(origin, d->node_id) == 0) {
@@ -389,7 +388,8 @@ static void bus_on_message(void *ctx, enum chat_channel_kind kind, const char *i
     struct chat_delivery *d = ctx;
     cJSON *root = cJSON_ParseWithLength(payload, len);
     if (!root) {
-        chat_warn("bus: unreadable payload on %s channel of %s", kind == CHAT_CHANNEL_ACK ? "ack" : "user", id);
+        chat_warn("bus: unreadable payload on %s channel of %s",
+                  kind == CHAT_CHANNEL_ACK ? "ack" : "user", id);
         return;
     }
     if (kind == CHAT_CHANNEL_USER)
@@ -415,8 +415,7 @@ static void bus_on_tick(void *ctx)
     /* ACK timeouts: the row stays PENDING; replay delivers it later. */
     struct pending *p, *tmp, *expired = NULL;
     pthread_mutex_lock(&d->pending_lock);
-    HASH_ITER(hh, d->pending, p, tmp)
-    {
+    HASH_ITER (hh, d->pending, p, tmp) {
         if (p->deadline_ms <= now) {
             HASH_DEL(d->pending, p);
             p->hh.next = expired;
@@ -437,8 +436,7 @@ static void bus_on_tick(void *ctx)
     int64_t ka = (int64_t)d->cfg->keepalive * 1000;
     pthread_mutex_lock(&d->hub_lock);
     struct user_entry *e, *etmp;
-    HASH_ITER(hh, d->users, e, etmp)
-    {
+    HASH_ITER (hh, d->users, e, etmp) {
         for (struct chat_stream *s = e->streams; s; s = s->next) {
             if (now - atomic_load(&s->last_write_ms) < ka - 500)
                 continue;
@@ -539,8 +537,7 @@ void chat_delivery_stop(struct chat_delivery *d)
         return;
     pthread_mutex_lock(&d->hub_lock);
     struct user_entry *e, *tmp;
-    HASH_ITER(hh, d->users, e, tmp)
-    {
+    HASH_ITER (hh, d->users, e, tmp) {
         for (struct chat_stream *s = e->streams; s; s = s->next) {
             pthread_mutex_lock(&s->lock);
             s->closing = true;
@@ -572,14 +569,12 @@ void chat_delivery_free(struct chat_delivery *d)
         j = next;
     }
     struct pending *p, *ptmp;
-    HASH_ITER(hh, d->pending, p, ptmp)
-    {
+    HASH_ITER (hh, d->pending, p, ptmp) {
         HASH_DEL(d->pending, p);
         free(p);
     }
     struct user_entry *e, *etmp;
-    HASH_ITER(hh, d->users, e, etmp)
-    {
+    HASH_ITER (hh, d->users, e, etmp) {
         HASH_DEL(d->users, e);
         free(e);
     }
@@ -629,8 +624,8 @@ int chat_delivery_send(struct chat_delivery *d, const struct chat_send *in, stru
     cJSON_AddItemToObject(root, "item", chat_item_json(&out->item));
     char *payload = chat_json_print(root);
     cJSON_Delete(root);
-    chat_bus_publish(d->bus, CHAT_CHANNEL_USER, in->to, payload, strlen(payload),
-                     CHAT_CHANNEL_ACK, in->from);
+    chat_bus_publish(d->bus, CHAT_CHANNEL_USER, in->to, payload, strlen(payload), CHAT_CHANNEL_ACK,
+                     in->from);
     free(payload);
     return 0;
 }
@@ -658,10 +653,10 @@ int chat_delivery_device_ack(struct chat_delivery *d, const char *user, const ui
     struct chat_store *st = chat_store_local(d->cfg);
     struct chat_acked *acked = NULL;
     size_t na = 0;
-    int err = seqs ? chat_store_ack(st, user, seqs, n, d->cfg->ack_policy, chat_now_ms(), &acked,
-                                    &na)
-                   : chat_store_ack_range(st, user, 0, up_to, d->cfg->ack_policy, chat_now_ms(),
-                                          &acked, &na);
+    int err =
+        seqs ? chat_store_ack(st, user, seqs, n, d->cfg->ack_policy, chat_now_ms(), &acked, &na)
+             : chat_store_ack_range(st, user, 0, up_to, d->cfg->ack_policy, chat_now_ms(), &acked,
+                                    &na);
     if (err)
         return err;
     for (size_t i = 0; i < na; i++)
@@ -802,9 +797,8 @@ static void stream_take_message(struct chat_stream *s, struct event *ev)
         if (stream_read_rows(s) == 0 && ev->seq <= s->last_seq)
             return;
         if (ev->seq > s->last_seq + 1)
-            chat_info("stream of %s: rows %llu..%llu are gone (deleted after delivery)",
-                      s->user, (unsigned long long)s->last_seq + 1,
-                      (unsigned long long)ev->seq - 1);
+            chat_info("stream of %s: rows %llu..%llu are gone (deleted after delivery)", s->user,
+                      (unsigned long long)s->last_seq + 1, (unsigned long long)ev->seq - 1);
     }
     chat_buf_append(&s->out, ev->frame, ev->len);
     s->last_seq = ev->seq;
@@ -875,9 +869,8 @@ ssize_t chat_stream_read(struct chat_stream *s, char *buf, size_t max)
 /* Long-poll waiters                                                        */
 /* ------------------------------------------------------------------------ */
 
-struct chat_waiter *chat_waiter_new(struct chat_delivery *d, const char *user,
-                                    int64_t deadline_ms, chat_park_fn park, chat_wake_fn wake,
-                                    void *door)
+struct chat_waiter *chat_waiter_new(struct chat_delivery *d, const char *user, int64_t deadline_ms,
+                                    chat_park_fn park, chat_wake_fn wake, void *door)
 {
     struct chat_waiter *w = chat_xcalloc(1, sizeof(*w));
     w->d = d;

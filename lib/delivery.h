@@ -100,9 +100,8 @@ struct chat_waiter;
 /* Registers a waiter for user's inbox, to be created before the first
  * query so that no message can fall between that query and the wait.
  * deadline_ms is on chat_mono_ms's clock. */
-struct chat_waiter *chat_waiter_new(struct chat_delivery *d, const char *user,
-                                    int64_t deadline_ms, chat_park_fn park, chat_wake_fn wake,
-                                    void *door);
+struct chat_waiter *chat_waiter_new(struct chat_delivery *d, const char *user, int64_t deadline_ms,
+                                    chat_park_fn park, chat_wake_fn wake, void *door);
 /* Parks the waiter unless something happened since the last check: returns
  * true after calling park, false when the caller should check again now. */
 bool chat_waiter_park(struct chat_waiter *w);

@@ -7,17 +7,17 @@
 
 enum chat_err {
     CHAT_OK = 0,
-    CHAT_EINVAL = -1,       /* 400 bad_request */
-    CHAT_EAUTH = -2,        /* 401 unauthorized */
-    CHAT_EFORBIDDEN = -3,   /* 403 forbidden */
-    CHAT_ENOTFOUND = -4,    /* 404 not_found */
-    CHAT_EMETHOD = -5,      /* 405 method_not_allowed */
-    CHAT_ECONFLICT = -6,    /* 409 conflict */
-    CHAT_ETOOLARGE = -7,    /* 413 payload_too_large */
-    CHAT_EMEDIA = -8,       /* 415 unsupported_media_type */
-    CHAT_ERATE = -9,        /* 429 rate_limited */
-    CHAT_EUNAVAIL = -10,    /* 503 backend_unavailable */
-    CHAT_EINTERNAL = -11,   /* 500 internal_error */
+    CHAT_EINVAL = -1,     /* 400 bad_request */
+    CHAT_EAUTH = -2,      /* 401 unauthorized */
+    CHAT_EFORBIDDEN = -3, /* 403 forbidden */
+    CHAT_ENOTFOUND = -4,  /* 404 not_found */
+    CHAT_EMETHOD = -5,    /* 405 method_not_allowed */
+    CHAT_ECONFLICT = -6,  /* 409 conflict */
+    CHAT_ETOOLARGE = -7,  /* 413 payload_too_large */
+    CHAT_EMEDIA = -8,     /* 415 unsupported_media_type */
+    CHAT_ERATE = -9,      /* 429 rate_limited */
+    CHAT_EUNAVAIL = -10,  /* 503 backend_unavailable */
+    CHAT_EINTERNAL = -11, /* 500 internal_error */
     CHAT_ERR_MIN_ = -12
 };
 

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,8 +61,8 @@ static bool has_nul_escape(const char *s, size_t n)
             i++; /* an escaped backslash */
             continue;
         }
-        if (i + 5 < n && s[i + 1] == 'u' && s[i + 2] == '0' && s[i + 3] == '0' &&
-            s[i + 4] == '0' && s[i + 5] == '0')
+        if (i + 5 < n && s[i + 1] == 'u' && s[i + 2] == '0' && s[i + 3] == '0' && s[i + 4] == '0' &&
+            s[i + 5] == '0')
             return true;
     }
     return false;
@@ -115,7 +116,7 @@ const char *chat_json_string(const cJSON *obj, const char *name)
 int chat_json_u64(const cJSON *obj, const char *name, uint64_t *out)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
-    if (!v || cJSON_IsNull(v))
+    if (!v)
         return CHAT_ENOTFOUND;
     if (!cJSON_IsNumber(v))
         return CHAT_EINVAL;
@@ -147,7 +148,12 @@ char *chat_json_error(const char *code, const char *message)
 
 void chat_json_add_int(cJSON *obj, const char *name, int64_t v)
 {
-    cJSON_AddNumberToObject(obj, name, (double)v);
+    /* cJSON prints numbers through a double with a relative tolerance, which
+     * rounds large integers ("8e+15"); raw text keeps every digit. */
+    char text[24];
+    snprintf(text, sizeof(text), "%lld", (long long)v);
+    if (!cJSON_AddRawToObject(obj, name, text))
+        abort();
 }
 
 int chat_parse_u64(const char *s, uint64_t *out)

@@ -7,13 +7,13 @@
 #include "buf.h"
 
 struct chat_metrics {
-    atomic_long messages_stored;     /* 201s */
-    atomic_long messages_duplicate;  /* client_msg_id repeats */
-    atomic_long events_delivered;    /* message events written to streams */
-    atomic_long receipts_sent;       /* receipt events written to streams */
+    atomic_long messages_stored;    /* 201s */
+    atomic_long messages_duplicate; /* client_msg_id repeats */
+    atomic_long events_delivered;   /* message events written to streams */
+    atomic_long receipts_sent;      /* receipt events written to streams */
     atomic_long polls_answered;
-    atomic_long acks_applied;        /* inbox rows marked or deleted */
-    atomic_long ack_timeouts;        /* no ACK within ack_timeout */
+    atomic_long acks_applied; /* inbox rows marked or deleted */
+    atomic_long ack_timeouts; /* no ACK within ack_timeout */
     atomic_long bus_published;
     atomic_long bus_publish_dropped; /* backlog full while Redis was down */
     atomic_long bus_received;
@@ -23,7 +23,7 @@ struct chat_metrics {
     atomic_long streams_closed_slow; /* closed for exceeding their buffer */
     atomic_long polls_waiting;       /* gauge */
     atomic_long store_errors;
-    atomic_long http_requests[6];    /* by status class: 1xx..5xx, [0] other */
+    atomic_long http_requests[6]; /* by status class: 1xx..5xx, [0] other */
 };
 
 extern struct chat_metrics chat_metrics;

@@ -42,8 +42,7 @@ void chat_ratelimit_free(struct chat_ratelimit *rl)
     if (!rl)
         return;
     struct bucket *b, *tmp;
-    HASH_ITER(hh, rl->buckets, b, tmp)
-    {
+    HASH_ITER (hh, rl->buckets, b, tmp) {
         HASH_DEL(rl->buckets, b);
         free(b);
     }
@@ -55,8 +54,7 @@ void chat_ratelimit_free(struct chat_ratelimit *rl)
 static void sweep(struct chat_ratelimit *rl, int64_t now_ms)
 {
     struct bucket *b, *tmp;
-    HASH_ITER(hh, rl->buckets, b, tmp)
-    {
+    HASH_ITER (hh, rl->buckets, b, tmp) {
         if (b->tokens + (double)(now_ms - b->last_ms) * rl->rate >= rl->burst) {
             HASH_DEL(rl->buckets, b);
             free(b);

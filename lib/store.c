@@ -38,7 +38,8 @@ enum stmt_id {
     S_COUNT
 };
 
-#define ITEM_COLS "i.seq, m.message_id, m.sender, m.recipient, m.body, m.ts, i.status, i.delivered_ts"
+#define ITEM_COLS                                                                                  \
+    "i.seq, m.message_id, m.sender, m.recipient, m.body, m.ts, i.status, i.delivered_ts"
 
 static const char *const stmt_sql[S_COUNT] = {
     [S_SCHEMA] = "SELECT COALESCE(MAX(version), 0) FROM schema_version",
@@ -108,13 +109,12 @@ static int connect_db(struct chat_store *s)
     mysql_options(db, MYSQL_OPT_WRITE_TIMEOUT, &rt);
     mysql_options(db, MYSQL_SET_CHARSET_NAME, "utf8mb4");
     /* Each statement sees the latest commits; no gap locks on the inbox. */
-    mysql_options(db, MYSQL_INIT_COMMAND,
-                  "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
+    mysql_options(db, MYSQL_INIT_COMMAND, "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
     const char *sock = c->mysql_socket[0] ? c->mysql_socket : NULL;
     if (!mysql_real_connect(db, sock ? NULL : c->mysql_host, c->mysql_user, c->mysql_password,
                             c->mysql_database, sock ? 0 : (unsigned)c->mysql_port, sock, 0)) {
-        chat_warn("mysql: connect to %s:%d failed: %s", sock ? sock : c->mysql_host,
-                  c->mysql_port, mysql_error(db));
+        chat_warn("mysql: connect to %s:%d failed: %s", sock ? sock : c->mysql_host, c->mysql_port,
+                  mysql_error(db));
         mysql_close(db);
         chat_metric_inc(store_errors);
         /* Fail fast for a moment instead of waiting connect_timeout per request. */
@@ -514,8 +514,7 @@ int chat_store_message(struct chat_store *s, const char *message_id, struct chat
 
 /* Looks up an earlier send with the same client_msg_id. Returns 0 and fills
  * out when found, CHAT_ENOTFOUND, CHAT_ECONFLICT when it differs. */
-static int find_client_msg(struct chat_store *s, const struct chat_send *in,
-                           struct chat_sent *out)
+static int find_client_msg(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
 {
     unsigned long l1, l2;
     MYSQL_BIND par[2];
@@ -738,8 +737,8 @@ int chat_store_ack(struct chat_store *s, const char *user, const uint64_t *seqs,
     for (size_t i = 0; i < n; i++) {
         if (seqs[i] == 0)
             continue;
-        int err = ack_range_once(s, user, seqs[i] - 1, seqs[i], policy, now_ms, acked, nacked,
-                                 &cap, &more);
+        int err = ack_range_once(s, user, seqs[i] - 1, seqs[i], policy, now_ms, acked, nacked, &cap,
+                                 &more);
         if (err) {
             free(*acked);
             *acked = NULL;
@@ -815,9 +814,9 @@ int chat_store_migrate(const struct chat_config *cfg, const char *dir)
     mysql_options(db, MYSQL_OPT_CONNECT_TIMEOUT, &ct);
     mysql_options(db, MYSQL_SET_CHARSET_NAME, "utf8mb4");
     const char *sock = cfg->mysql_socket[0] ? cfg->mysql_socket : NULL;
-    if (!mysql_real_connect(db, sock ? NULL : cfg->mysql_host, cfg->mysql_user,
-                            cfg->mysql_password, cfg->mysql_database,
-                            sock ? 0 : (unsigned)cfg->mysql_port, sock, CLIENT_MULTI_STATEMENTS)) {
+    if (!mysql_real_connect(db, sock ? NULL : cfg->mysql_host, cfg->mysql_user, cfg->mysql_password,
+                            cfg->mysql_database, sock ? 0 : (unsigned)cfg->mysql_port, sock,
+                            CLIENT_MULTI_STATEMENTS)) {
         chat_error("migrate: connect: %s", mysql_error(db));
         mysql_close(db);
         return CHAT_EUNAVAIL;

@@ -53,7 +53,7 @@ struct chat_send {
 };
 
 struct chat_sent {
-    bool created; /* false: a repeat of client_msg_id, nothing stored */
+    bool created;          /* false: a repeat of client_msg_id, nothing stored */
     struct chat_item item; /* the recipient's inbox row (seq 0 on a repeat) */
 };
 

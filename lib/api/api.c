@@ -29,12 +29,12 @@ struct route {
 
 static const struct route routes[] = {
     {.method = "POST", .path = "/v1/messages", .auth = AUTH_BEARER, .handler = api_post_message},
-    {.method = "GET", .path = "/v1/messages/{id}", .auth = AUTH_BEARER,
-     .handler = api_get_message},
+    {.method = "GET", .path = "/v1/messages/{id}", .auth = AUTH_BEARER, .handler = api_get_message},
     {.method = "GET", .path = "/v1/inbox", .auth = AUTH_BEARER, .handler = api_get_inbox},
-    {.method = "POST", .path = "/v1/inbox/ack", .auth = AUTH_BEARER,
-     .handler = api_post_inbox_ack},
-    {.method = "GET", .path = "/v1/events", .auth = AUTH_BEARER_OR_QUERY,
+    {.method = "POST", .path = "/v1/inbox/ack", .auth = AUTH_BEARER, .handler = api_post_inbox_ack},
+    {.method = "GET",
+     .path = "/v1/events",
+     .auth = AUTH_BEARER_OR_QUERY,
      .handler = api_get_events},
     {.method = "GET", .path = "/v1/poll", .auth = AUTH_BEARER_OR_QUERY, .handler = api_get_poll},
     {.method = "GET", .path = "/healthz", .auth = AUTH_NONE, .handler = api_healthz},

@@ -25,8 +25,8 @@ struct chat_request {
     bool body_too_large; /* the door stopped reading past max_body_bytes */
     chat_park_fn park;   /* how this door holds a request */
     chat_wake_fn wake;
-    bool can_stream;     /* the door serves SSE */
-    void *state;         /* the api's, across re-entries of a parked request */
+    bool can_stream; /* the door serves SSE */
+    void *state;     /* the api's, across re-entries of a parked request */
 };
 
 enum chat_resp_kind {

@@ -72,8 +72,7 @@ void api_post_inbox_ack(struct api_ctx *c)
         }
         v = chat_xcalloc((size_t)count + 1, sizeof(*v));
         const cJSON *e;
-        cJSON_ArrayForEach(e, seqs)
-        {
+        cJSON_ArrayForEach (e, seqs) {
             double x = cJSON_IsNumber(e) ? e->valuedouble : -1;
             if (x < 0 || x > 9007199254740992.0 || (double)(uint64_t)x != x) {
                 api_error(c, CHAT_EINVAL, "\"seqs\" must hold non-negative integers");

@@ -23,6 +23,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
+sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TIMEOUT = 60
 
@@ -62,7 +63,7 @@ def child(name):
 
 def run_one(name, timeout):
     t0 = time.monotonic()
-    cmd = [sys.executable, "-u", os.path.abspath(__file__), "--child", name]
+    cmd = [sys.executable, "-u", "-B", os.path.abspath(__file__), "--child", name]
     try:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, timeout=timeout)

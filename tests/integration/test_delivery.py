@@ -139,3 +139,33 @@ def test_offline_replay_node1_to_node2():
 
 def test_offline_replay_node2_to_node1():
     _offline(2, 1)
+
+
+def test_every_device_gets_it():
+    """bob on node1 and node2 (two devices) both get the message; alice's two
+    streams both get the receipt."""
+    n1, n2 = node(1), node(2)
+    alice, bob = uid("alice"), uid("bob")
+    bs = [stream(n1, bob), stream(n2, bob)]
+    als = [stream(n1, alice), stream(n2, alice)]
+    try:
+        mids = [send(n1 if i % 2 else n2, alice, bob, "to all devices %d" % i)["message_id"] for i in range(3)]
+        for s in bs:
+            evs = s.wait_messages(3, timeout=5)
+            assert [e.json()["message_id"] for e in evs] == mids, "%s got %r" % (s.desc, evs)
+        for s in als:
+            for m in mids:
+                _check_receipt(s.wait_receipt(m, timeout=5), m, bob)
+        for m in mids:
+            wait_delivered(n2, alice, m, bob)
+        # every message has its receipt on each of alice's streams (two devices
+        # delivering may each cause one: receipts are at-least-once)
+        marker = send(n1, bob, alice, "marker")["message_id"]
+        for s in als:
+            s.wait_message_id(marker, timeout=5)
+            got = [e.json()["message_id"] for e in s.receipts()]
+            assert set(got) == set(mids), "%s receipts %r" % (s.desc, got)
+            print("%s: %d receipts for %d messages" % (s.desc, len(got), len(mids)))
+    finally:
+        for s in bs + als:
+            s.close()

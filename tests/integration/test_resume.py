@@ -4,7 +4,7 @@ import random
 import threading
 import time
 
-from chatlib import (SSEStream, expect_json, inbox_all_pages, node, post, token, uid,
+from chatlib import (SSEStream, expect_json, get, inbox_all_pages, node, post, token, uid,
                      wait_until)
 
 PER_SENDER = 40
@@ -25,7 +25,7 @@ def test_resume_under_concurrency():
                 r = post(base, "/v1/messages", {"to": rcpt, "body": "%s #%d" % (user, i)}, token=tok)
                 j = expect_json(r, 201)
                 sent[user].append(j["message_id"])
-                time.sleep(rnd.uniform(0.03, 0.09))  # pacing, so the sends span many reconnects
+                time.sleep(rnd.uniform(0.05, 0.1))  # pacing, so the sends span many reconnects
         except BaseException as e:  # noqa: BLE001
             errors.append("%s: %r" % (user, e))
 
@@ -58,7 +58,7 @@ def test_resume_under_concurrency():
     reconnects_during_sends = 0
     try:
         while any(t.is_alive() for t in threads):
-            time.sleep(rnd.uniform(0.15, 0.4))
+            time.sleep(rnd.uniform(0.1, 0.3))
             s.close()
             conns.append((last, s.base, s.messages()))
             last = last_seq(last if last is not None else 0, s.messages())
@@ -114,6 +114,12 @@ def test_resume_under_concurrency():
         mine = [m for m in order if m in set(mids)]
         assert mine == mids, "%s's messages arrived out of 201 order" % user
 
+    # default limit 100, with more=true
+    j = expect_json(get(n2, "/v1/inbox?status=all", token=token(rcpt)), 200)
+    assert len(j["items"]) == 100 and j["more"] is True and j["next_after"] == j["items"][-1]["seq"], (
+        len(j["items"]), j["more"], j["next_after"])
+    j = expect_json(get(n2, "/v1/inbox?status=all&after=100&limit=1000", token=token(rcpt)), 200)
+    assert len(j["items"]) == total - 100 and j["more"] is False, (len(j["items"]), j["more"])
     # The inbox, paged, agrees with the stream: same seq -> message_id, all delivered.
     items = inbox_all_pages(n1, rcpt, status="all", limit=37)
     assert [i["seq"] for i in items] == list(range(1, total + 1)), [i["seq"] for i in items][:20]

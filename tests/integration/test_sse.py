@@ -3,8 +3,8 @@
 import json
 import time
 
-from chatlib import (KEEPALIVE_S, SSEStream, check_item, expect_json, front, get_message, inbox,
-                     metric, node, post, send, stream, token, uid, wait_until)
+from chatlib import (KEEPALIVE_S, SSEStream, check_item, expect_json, front, get, get_message, inbox,
+                     metric, node, post, send, stream, token, uid, wait_delivered, wait_until)
 
 
 def _check_headers(s, strict=True):
@@ -111,3 +111,38 @@ def test_unicode_round_trip():
     raw = json.dumps({"to": bob, "body": BODIES[1]}, ensure_ascii=True).encode()
     j = expect_json(post(n1, "/v1/messages", raw, token=token(alice)), 201)
     assert j["body"] == BODIES[1], j
+
+
+def test_resume_returns_rows_of_any_status():
+    """Last-Event-ID N yields exactly the rows after N, delivered ones too;
+    no Last-Event-ID yields only the pending ones."""
+    n1, n2 = node(1), node(2)
+    alice, bob = uid("alice"), uid("bob")
+    mids = [send(n2, alice, bob, "r%d" % i)["message_id"] for i in range(4)]
+    # deliver them by a long-poll (server mode), so that no stream lingers
+    j = expect_json(get(n1, "/v1/poll?after=0&timeout=5", token=token(bob)), 200)
+    assert [i["message_id"] for i in j["items"]] == mids, j
+    seqs = [i["seq"] for i in j["items"]]
+    for m in mids:
+        wait_delivered(n1, alice, m, bob)
+    pending = send(n1, alice, bob, "still pending")["message_id"]
+    # fresh device: only the pending row
+    with stream(n2, bob) as s:
+        ev = s.wait_messages(1, timeout=5)[0]
+        assert ev.json()["message_id"] == pending, ev
+        marker = send(n1, alice, bob, "marker")["message_id"]
+        s.wait_message_id(marker, timeout=5)
+        assert [e.json()["message_id"] for e in s.messages()] == [pending, marker], s.messages()
+        last = int(s.messages()[-1].id)
+    # resume after the second row: rows 3, 4 (delivered), the pending one and the marker
+    for kw in ({"last_event_id": seqs[1]}, {"query_last_event_id": seqs[1]}):
+        with stream(n2 if "last_event_id" in kw else n1, bob, **kw) as s:
+            evs = s.wait_messages(4, timeout=5)
+            assert [e.json()["message_id"] for e in evs] == mids[2:] + [pending, marker], evs
+            assert int(evs[0].id) == seqs[1] + 1, evs
+    # resume after the newest row: nothing until a new one comes
+    with stream(n1, bob, last_event_id=last) as s:
+        m = send(n2, alice, bob, "new")["message_id"]
+        ev = s.wait_message_id(m, timeout=5)
+        assert [e.json()["message_id"] for e in s.messages()] == [m], s.messages()
+        assert int(ev.id) == last + 1, ev
