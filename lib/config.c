@@ -93,6 +93,14 @@ static const struct key keys[] = {
      "Messages per second a user may send through this node; 0 for no limit."},
     {"delivery", "send_burst", KEY_INT, OFF(send_burst), "100", 1, 1000000,
      "Messages a user may send at once before send_rate applies."},
+    {"fcgi", "listen", KEY_STR, OFF(fcgi_listen), "127.0.0.1:9000", 0, 1024,
+     "chat.fcgi only: a unix socket path, or 127.0.0.1:<port> (loopback only); empty means "
+     "the socket on descriptor 0 (spawned by the web server, or systemd socket activation)."},
+    {"fcgi", "threads", KEY_INT, OFF(fcgi_threads), "8", 1, 256,
+     "chat.fcgi only: worker threads, each with its own MySQL connection."},
+    {"fcgi", "max_polls", KEY_INT, OFF(fcgi_max_polls), "4", 0, 255,
+     "chat.fcgi only: long-polls held at once (each blocks a worker); more get 503. Must be "
+     "below threads."},
     {"log", "level", KEY_LEVEL, OFF(log_level), "info", 0, 0, "debug, info, warn or error."},
 };
 
@@ -226,6 +234,11 @@ int chat_config_validate(const struct chat_config *cfg, char *err, size_t errlen
     if (cfg->poll_timeout > cfg->poll_timeout_max) {
         snprintf(err, errlen, "[delivery] poll_timeout: must not exceed poll_timeout_max (%d)",
                  cfg->poll_timeout_max);
+        return CHAT_EINVAL;
+    }
+    if (cfg->fcgi_max_polls >= cfg->fcgi_threads) {
+        snprintf(err, errlen, "[fcgi] max_polls: must be below [fcgi] threads (%d)",
+                 cfg->fcgi_threads);
         return CHAT_EINVAL;
     }
     if (cfg->send_rate > 0 && cfg->send_burst < 1) {

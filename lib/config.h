@@ -54,6 +54,10 @@ struct chat_config {
     int stream_buffer_bytes;
     int send_rate;
     int send_burst;
+    /* [fcgi] */
+    char *fcgi_listen;
+    int fcgi_threads;
+    int fcgi_max_polls;
     /* [log] */
     char *log_level;
 };
