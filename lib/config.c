@@ -101,7 +101,7 @@ static const struct key keys[] = {
     {"fcgi", "max_polls", KEY_INT, OFF(fcgi_max_polls), "4", 0, 255,
      "chat.fcgi only: long-polls held at once (each blocks a worker); more get 503. Must be "
      "below threads."},
-    {"log", "level", KEY_LEVEL, OFF(log_level), "info", 0, 0, "debug, info, warn or error."},
+    {"log", "level", KEY_LEVEL, OFF(log_level), "info", 1, 5, "debug, info, warn or error."},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

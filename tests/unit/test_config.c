@@ -506,6 +506,23 @@ END_TEST
 
 /* ---------------------------------------------------------------- main */
 
+/* Every level name is accepted; anything else is refused naming the key. */
+START_TEST(test_log_level)
+{
+    struct chat_config cfg;
+    char err[256];
+    chat_config_defaults(&cfg);
+    const char *good[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(chat_config_set(&cfg, "log", "level", good[i], err, sizeof(err)), 0);
+        ck_assert_str_eq(cfg.log_level, good[i]);
+    }
+    ck_assert_int_eq(chat_config_set(&cfg, "log", "level", "loud", err, sizeof(err)), CHAT_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "[log] level"));
+    chat_config_cleanup(&cfg);
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -513,6 +530,7 @@ static Suite *config_suite(void)
 
     tc = tcase_create("defaults");
     tcase_add_test(tc, test_defaults);
+    tcase_add_test(tc, test_log_level);
     tcase_add_test(tc, test_defaults_need_secret);
     suite_add_tcase(s, tc);
 
