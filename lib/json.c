@@ -50,22 +50,30 @@ bool chat_utf8_valid(const char *str, size_t n)
     return true;
 }
 
-/* True when the JSON text holds the escape \u0000 (cJSON would truncate the
- * string there). A backslash is an escape only after an even run of them. */
-static bool has_nul_escape(const char *s, size_t n)
+/* Checks what cJSON lets through: a control character inside a string
+ * (RFC 8259 requires them escaped) and the escape \u0000, at which cJSON
+ * would silently cut the string. Returns a reason, or NULL when clean. */
+static const char *string_problem(const char *s, size_t n)
 {
+    bool in_string = false;
     for (size_t i = 0; i < n; i++) {
-        if (s[i] != '\\')
-            continue;
-        if (i + 1 < n && s[i + 1] == '\\') {
-            i++; /* an escaped backslash */
+        unsigned char c = (unsigned char)s[i];
+        if (!in_string) {
+            if (c == '"')
+                in_string = true;
             continue;
         }
-        if (i + 5 < n && s[i + 1] == 'u' && s[i + 2] == '0' && s[i + 3] == '0' && s[i + 4] == '0' &&
-            s[i + 5] == '0')
-            return true;
+        if (c == '"') {
+            in_string = false;
+        } else if (c < 0x20) {
+            return "control characters in strings must be escaped";
+        } else if (c == '\\' && i + 1 < n) {
+            if (s[i + 1] == 'u' && n - i >= 6 && memcmp(s + i + 2, "0000", 4) == 0)
+                return "NUL characters are not allowed";
+            i++; /* skip the escaped character */
+        }
     }
-    return false;
+    return NULL;
 }
 
 cJSON *chat_json_parse_object(const char *body, size_t len, int *err, const char **why)
@@ -79,8 +87,13 @@ cJSON *chat_json_parse_object(const char *body, size_t len, int *err, const char
         *why = "the body is not valid UTF-8";
         return NULL;
     }
-    if (memchr(body, '\0', len) || has_nul_escape(body, len)) {
+    if (memchr(body, '\0', len)) {
         *why = "NUL characters are not allowed";
+        return NULL;
+    }
+    const char *problem = string_problem(body, len);
+    if (problem) {
+        *why = problem;
         return NULL;
     }
     const char *end = NULL;

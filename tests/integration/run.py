@@ -9,6 +9,10 @@ a time bound (default 60 s, or the function's `timeout` attribute), prints
 `PASS: name` or `FAIL: name` with the reason, and ends with exactly one line
 `N passed, N failed`. Exit code 1 when any test failed (or none was chosen).
 
+Tests run one at a time by default: a few read process-wide metrics of a
+node (chat_streams_open, chat_ack_timeouts_total), which other tests running
+at the same time (-j N) would disturb.
+
 The stack is described by the environment: CHAT_NODE1..CHAT_NODE5,
 CHAT_FRONT and CHAT_JWT_SECRET (./chatstack test sets them).
 """

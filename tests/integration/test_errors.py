@@ -270,3 +270,86 @@ def test_garbage_does_not_hurt():
         alive(n1)
     # and a normal request works end to end
     send(n1, uid("alice"), uid("bob"), "still fine")
+
+
+def test_tricky_json_and_utf8():
+    """Inputs a C JSON parser tends to get wrong: each is a 400, or stored exactly."""
+    n1 = node(1)
+    alice, bob = uid("alice"), uid("bob")
+    tok = token(alice)
+    b = bob.encode()
+    must_400 = [
+        b'{"to":"%s","body":"hi"} trailing' % b,  # garbage after the value
+        b'{"to":"%s","body":"hi"}{}' % b,
+        b'{"to":"%s","body":"\xc0\xaf"}' % b,  # overlong encoding
+        b'{"to":"%s","body":"\xe0\x80\xaf"}' % b,  # overlong, 3 bytes
+        b'{"to":"%s","body":"\xf4\x90\x80\x80"}' % b,  # past U+10FFFF
+        b'{"to":"%s","body":"\xf8\x88\x80\x80\x80"}' % b,  # 5-byte form
+        b'{"to":"%s","body":"\xe2\x82"}' % b,  # truncated sequence
+        b'{"to":"%s","body":"\x80"}' % b,  # lone continuation byte
+        b'{"to":"%s","body":"ok","x":"\xff"}' % b,  # invalid UTF-8 elsewhere in the document
+        b'{"to":"%s","body":"\\x41"}' % b,  # not a JSON escape
+        b'{"to":"%s","body":"\\ud83d"}' % b,  # high surrogate alone
+        b'{"to":"%s","body":"\\udc00\\ud83d"}' % b,  # reversed pair
+        b"[" * 20000 + b"]" * 20000,  # deep nesting
+        b'{"a":' * 10000 + b"1" + b"}" * 10000,
+    ]
+    for raw in must_400:
+        r = post(n1, "/v1/messages", raw, token=tok)
+        try:
+            check(r, 400, "bad_request", n1)
+        except AssertionError as e:
+            raise AssertionError("body %r: %s" % (raw[:80], e))
+    # valid but unusual: stored and returned exactly
+    for body in ("\uffff\ufffe", "\U0010ffff", "\U0001F600" * 3, "\\u0041 is not unescaped twice", "\x7f\x01\x1f"):
+        s = send(n1, alice, bob, body)
+        assert s["body"] == body, (s, body)
+    # a raw control character inside a string is not JSON (RFC 8259 7)
+    r = post(n1, "/v1/messages", b'{"to":"%s","body":"a\nb\tc"}' % b, token=tok)
+    check(r, 400, "bad_request", n1)
+    # an embedded NUL would silently cut the text in cJSON: refused
+    r = post(n1, "/v1/messages", {"to": bob, "body": "before\u0000after"}, token=tok)
+    check(r, 400, "bad_request", n1)
+    items = expect_json(get(n1, "/v1/inbox?status=all", token=token(bob)), 200)["items"]
+    for it in items:
+        assert it["body"] != "before", "a body was truncated at the NUL: %r" % it
+
+
+def test_numbers_out_of_range():
+    n1 = node(1)
+    bob = uid("bob")
+    tok = token(bob)
+    huge = "99999999999999999999999999"
+    for q in ("after=" + huge, "limit=" + huge, "after=18446744073709551616", "after=1e3", "after=0x10",
+              "after=+5", "after= 5"):
+        check(get(n1, "/v1/inbox?" + q.replace(" ", "%20"), token=tok), 400, "bad_request", n1)
+    check(get(n1, "/v1/poll?timeout=0&after=" + huge, token=tok), 400, "bad_request", n1)
+    check(get(n1, "/v1/poll?timeout=" + huge, token=tok), 400, "bad_request", n1)
+    for lei in (huge, "18446744073709551616", "1e3", " 5x"):
+        s = SSEStream(n1, bob, last_event_id=lei).open()
+        s.close()
+        assert s.resp is not None, "Last-Event-ID %r opened a stream" % lei
+        check(s.resp, 400, "bad_request", n1)
+    for obj in ({"up_to": 1e300}, {"up_to": 18446744073709551616 * 10}, {"seqs": [1e300]},
+                {"up_to": "5"}, {"up_to": True}, {"seqs": [True]}):
+        r = post(n1, "/v1/inbox/ack", obj, token=tok)
+        try:
+            check(r, 400, "bad_request", n1)
+        except AssertionError as e:
+            raise AssertionError("ack %r: %s" % (obj, e))
+
+
+def test_client_msg_id_must_be_a_string():
+    n1 = node(1)
+    alice, bob = uid("alice"), uid("bob")
+    for cid in (5, True, ["x"], {"a": 1}):
+        r = post(n1, "/v1/messages", {"to": bob, "body": "hi", "client_msg_id": cid}, token=token(alice))
+        try:
+            check(r, 400, "bad_request", n1)
+        except AssertionError as e:
+            raise AssertionError("client_msg_id %r: %s" % (cid, e))
+    # a very long one is refused cleanly (or accepted), never a 5xx
+    r = post(n1, "/v1/messages", {"to": bob, "body": "hi", "client_msg_id": "c" * 5000}, token=token(alice))
+    assert r.status in (201, 400, 413), "client_msg_id of 5000 chars: %d %r" % (r.status, r.body[:300])
+    alive(n1)
+    assert expect_json(get(n1, "/v1/inbox?status=all", token=token(bob)), 200)["items"] == [] or r.status == 201

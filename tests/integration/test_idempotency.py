@@ -39,3 +39,33 @@ def test_client_msg_id_repeat_and_conflict():
     assert a["message_id"] != b["message_id"]
     assert len(expect_json(post(n1, "/v1/messages", {"to": dave, "body": "x"}, token=token(alice)), 201)) > 0
     assert len(inbox(n2, dave, status="all")["items"]) == 3
+
+
+def test_client_msg_id_concurrent_repeats():
+    """The same client_msg_id sent 8 times at once through both nodes (a
+    client retrying over a flaky network): one 201, the rest 200, one row."""
+    import threading
+    n1, n2 = node(1), node(2)
+    alice, bob = uid("alice"), uid("bob")
+    for round_ in range(3):
+        cid = "race-%d-%s" % (round_, secrets.token_hex(4))
+        results = [None] * 8
+        gate = threading.Barrier(8)
+
+        def go(i):
+            gate.wait(5)
+            results[i] = post(n1 if i % 2 else n2, "/v1/messages",
+                              {"to": bob, "body": "raced", "client_msg_id": cid}, token=token(alice))
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        statuses = sorted(r.status for r in results)
+        assert statuses == [200] * 7 + [201], "statuses %r: %r" % (
+            statuses, [r.body[:200] for r in results if r.status not in (200, 201)])
+        ids = {r.json()["message_id"] for r in results}
+        assert len(ids) == 1, ids
+    rows = inbox(n1, bob, status="all")["items"]
+    assert len(rows) == 3, "expected 3 rows (one per client_msg_id), got %d" % len(rows)

@@ -3,8 +3,8 @@
 import threading
 import time
 
-from chatlib import (assert_error, check_item, expect, expect_json, get, node, recipient_status, send,
-                     token, uid, wait_delivered)
+from chatlib import (assert_error, check_item, expect, expect_json, front, get, node, post,
+                     recipient_status, request, send, token, uid, wait_delivered)
 
 
 def _poll(base, user, after, timeout, http_timeout=None):
@@ -130,3 +130,39 @@ def test_poll_loop_sees_every_row_once_under_concurrency():
     for user, mids in sent.items():
         assert [m for m in order if m in set(mids)] == mids, "%s out of order" % user
     print("%d rows in %d polls" % (total, k))
+
+
+def test_poll_and_errors_through_front():
+    """The long-poll and the REST errors behave the same through lighttpd."""
+    f, n1 = front(), node(1)
+    alice, bob = uid("alice"), uid("bob")
+    res = {}
+
+    def waiter():
+        res["r"], res["dt"] = _poll(f, bob, 0, 8)
+        res["t_end"] = time.monotonic()
+
+    th = threading.Thread(target=waiter, daemon=True)
+    th.start()
+    th.join(0.6)
+    assert th.is_alive(), "poll through the front answered at once: %r" % res.get("r")
+    t0 = time.monotonic()
+    mid = send(n1, alice, bob, "via the front")["message_id"]
+    th.join(5)
+    assert not th.is_alive(), "poll through the front did not wake"
+    assert res["t_end"] - t0 < 1.0, "front poll woke %.2f s after the POST" % (res["t_end"] - t0)
+    j = expect_json(res["r"], 200)
+    assert [i["message_id"] for i in j["items"]] == [mid], j
+    r, dt = _poll(f, uid("carol"), 0, 1)
+    assert expect_json(r, 200)["items"] == [] and 0.8 <= dt <= 2.5, (r, dt)
+    assert_error(get(f, "/v1/inbox"), 401, "unauthorized")
+    assert_error(get(f, "/v1/poll?timeout=61", token=token(bob)), 400, "bad_request")
+    assert_error(get(f, "/v1/messages/nope-" + mid, token=token(bob)), 404, "not_found")
+    assert_error(post(f, "/v1/messages", b'{"to":"x","body":"y"}', token=token(alice), content_type="text/plain"),
+                 415, "unsupported_media_type")
+    assert_error(post(f, "/v1/messages", {"to": bob, "body": "x" * 4097}, token=token(alice)),
+                 413, "payload_too_large")
+    r = request(f, "DELETE", "/v1/messages", token=token(alice))
+    assert_error(r, 405, "method_not_allowed")
+    assert "POST" in (r.header("Allow") or ""), r.header("Allow")
+    expect(get(f, "/healthz"), 200)

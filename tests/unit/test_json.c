@@ -213,6 +213,23 @@ START_TEST(test_parse_object_nul_escape)
 }
 END_TEST
 
+/* RFC 8259: control characters inside strings must be escaped. */
+START_TEST(test_parse_object_raw_control)
+{
+    REFUSED("{\"a\":\"line\nbreak\"}");
+    REFUSED("{\"a\":\"tab\there\"}");
+    REFUSED("{\"a\":\"\x1f\"}");
+    /* Escaped they are fine, and so is whitespace between tokens. */
+    int err;
+    const char *why;
+    const char *ok = "{\n\t\"a\" :\r\n \"x\\ny\\\\\"}";
+    cJSON *root = chat_json_parse_object(ok, strlen(ok), &err, &why);
+    ck_assert_ptr_nonnull(root);
+    ck_assert_str_eq(chat_json_string(root, "a"), "x\ny\\");
+    cJSON_Delete(root);
+}
+END_TEST
+
 START_TEST(test_parse_object_lone_surrogate)
 {
     /* A lone surrogate escape would decode to invalid UTF-8. */
@@ -436,6 +453,7 @@ static Suite *json_suite(void)
 
     tc = tcase_create("parse_object");
     tcase_add_test(tc, test_parse_object_ok);
+    tcase_add_test(tc, test_parse_object_raw_control);
     tcase_add_test(tc, test_parse_object_honours_len);
     tcase_add_test(tc, test_parse_object_not_object);
     tcase_add_test(tc, test_parse_object_malformed);
