@@ -335,6 +335,14 @@ int main(int argc, char **argv)
     enum chat_log_level level;
     chat_log_parse_level(f.cfg.log_level, &level);
     chat_log_set_level(level);
+    /* A web server may start several processes from one config; each is a
+     * chat server of its own in ACK routing, so each gets its own node id. */
+    char host[64] = "host";
+    gethostname(host, sizeof(host) - 1);
+    char *node_id =
+        chat_xasprintf("%s/fcgi-%d", f.cfg.node_id[0] ? f.cfg.node_id : host, (int)getpid());
+    free(f.cfg.node_id);
+    f.cfg.node_id = node_id;
     f.listen_fd = open_listener(f.cfg.fcgi_listen, err, sizeof(err));
     if (f.listen_fd < 0) {
         fprintf(stderr, "chat.fcgi: %s: %s\n", path, err);

@@ -28,8 +28,9 @@ struct key {
 
 /* The table of every key. Keep docs/config.md in step: `chatd --help-config`. */
 static const struct key keys[] = {
-    {"server", "node_id", KEY_STR, OFF(node_id), "", 0, 64,
-     "Name of this node in logs and ACK routing; empty means <hostname>:<port>. Unique per node."},
+    {"server", "node_id", KEY_STR, OFF(node_id), "", 0, 48,
+     "Name of this node in ACK routing and logs, unique per node; empty means <hostname>:<port>. "
+     "chat.fcgi appends /fcgi-<pid>, since a web server may start several processes."},
     {"server", "listen", KEY_STR, OFF(listen), "127.0.0.1", 0, 255,
      "Address to listen on (an IPv4 address)."},
     {"server", "port", KEY_INT, OFF(port), "8081", 1, 65535, "TCP port."},
