@@ -13,7 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
+#include <uthash.h>
 #include <unistd.h>
 
 #include "alloc.h"
@@ -29,8 +32,23 @@
 
 #define SSE_BLOCK 16384
 
+/* Watches the sockets of SSE streams for the client hanging up. A suspended
+ * MHD connection is not polled, so without this a vanished client would be
+ * noticed only at the next keepalive, and events meanwhile would count as
+ * delivered into a dead socket. */
+struct hangup_watch {
+    int epfd;
+    int stop_fd;
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t lock; /* guards streams */
+    struct sse *streams;  /* by id */
+    uint64_t next_id;
+};
+
 struct chatd {
     struct chat_config cfg;
+    struct hangup_watch watch;
     struct chat_delivery *delivery;
     struct chat_api *api;
     struct MHD_Daemon *mhd;
@@ -51,6 +69,9 @@ struct req {
 struct sse {
     struct MHD_Connection *conn;
     struct chat_stream *stream;
+    struct hangup_watch *watch;
+    uint64_t id; /* in the watch; 0 when not watched */
+    UT_hash_handle hh;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -107,6 +128,90 @@ static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const c
     return MHD_YES;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Hangup watch                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* Registers the stream's socket. Registrations are one-shot and keyed by an
+ * id, never by pointer, and never removed by hand: the kernel drops one when
+ * MHD closes the socket, and an id that is gone is ignored. */
+static void watch_add(struct hangup_watch *w, struct sse *s)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(s->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci || !w->started)
+        return;
+    pthread_mutex_lock(&w->lock);
+    s->id = ++w->next_id;
+    s->watch = w;
+    HASH_ADD(hh, w->streams, id, sizeof(s->id), s);
+    pthread_mutex_unlock(&w->lock);
+    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT, .data.u64 = s->id};
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, ci->connect_fd, &ev) != 0 && errno == EEXIST)
+        epoll_ctl(w->epfd, EPOLL_CTL_MOD, ci->connect_fd, &ev); /* a keep-alive reuse */
+}
+
+static void watch_remove(struct sse *s)
+{
+    if (!s->watch)
+        return;
+    pthread_mutex_lock(&s->watch->lock);
+    HASH_DEL(s->watch->streams, s);
+    pthread_mutex_unlock(&s->watch->lock);
+}
+
+static void *watch_main(void *arg)
+{
+    struct hangup_watch *w = arg;
+    struct epoll_event evs[64];
+    for (;;) {
+        int n = epoll_wait(w->epfd, evs, 64, -1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return NULL;
+        for (int i = 0; i < n; i++) {
+            uint64_t id = evs[i].data.u64;
+            if (id == 0)
+                return NULL; /* stop_fd */
+            pthread_mutex_lock(&w->lock);
+            struct sse *s;
+            HASH_FIND(hh, w->streams, &id, sizeof(id), s);
+            if (s)
+                chat_stream_end(s->stream);
+            pthread_mutex_unlock(&w->lock);
+        }
+    }
+}
+
+static int watch_start(struct hangup_watch *w)
+{
+    pthread_mutex_init(&w->lock, NULL);
+    w->epfd = epoll_create1(EPOLL_CLOEXEC);
+    w->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
+    if (w->epfd < 0 || w->stop_fd < 0 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stop_fd, &ev) ||
+        pthread_create(&w->thread, NULL, watch_main, w) != 0)
+        return CHAT_EINTERNAL;
+    w->started = true;
+    return 0;
+}
+
+static void watch_stop(struct hangup_watch *w)
+{
+    if (w->started) {
+        uint64_t one = 1;
+        if (write(w->stop_fd, &one, sizeof(one)) == sizeof(one))
+            pthread_join(w->thread, NULL);
+        w->started = false;
+    }
+    if (w->epfd >= 0)
+        close(w->epfd);
+    if (w->stop_fd >= 0)
+        close(w->stop_fd);
+    pthread_mutex_destroy(&w->lock);
+}
+
 static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     struct sse *s = cls;
@@ -117,6 +222,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 static void sse_free(void *cls)
 {
     struct sse *s = cls;
+    watch_remove(s);
     chat_stream_close(s->stream);
     free(s);
 }
@@ -162,6 +268,7 @@ static enum MHD_Result queue_stream(struct req *r, struct chat_response *resp)
     MHD_add_response_header(mr, "X-Accel-Buffering", "no");
     enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_OK, mr);
     MHD_destroy_response(mr);
+    watch_add(&r->chatd->watch, s);
     return ret;
 }
 
@@ -340,6 +447,11 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     int rc = 1;
+    chatd.watch.epfd = chatd.watch.stop_fd = -1;
+    if (watch_start(&chatd.watch) != 0) {
+        chat_error("cannot start the hangup watch");
+        goto out;
+    }
     chatd.delivery = chat_delivery_new(&chatd.cfg);
     if (!chatd.delivery || chat_delivery_start(chatd.delivery) != 0) {
         chat_error("cannot start the delivery threads");
@@ -378,6 +490,7 @@ int main(int argc, char **argv)
 out:
     chat_api_free(chatd.api);
     chat_delivery_free(chatd.delivery);
+    watch_stop(&chatd.watch);
     chat_config_cleanup(&chatd.cfg);
     return rc;
 }

@@ -711,6 +711,14 @@ void chat_stream_set_door(struct chat_stream *s, chat_park_fn park, chat_wake_fn
     pthread_mutex_unlock(&s->lock);
 }
 
+void chat_stream_end(struct chat_stream *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->closing = true;
+    stream_kick(s);
+    pthread_mutex_unlock(&s->lock);
+}
+
 void chat_stream_close(struct chat_stream *s)
 {
     if (!s)

@@ -89,6 +89,10 @@ void chat_stream_set_door(struct chat_stream *s, chat_park_fn park, chat_wake_fn
  * stopping, or the client fell too far behind). Door thread. */
 ssize_t chat_stream_read(struct chat_stream *s, char *buf, size_t max);
 
+/* Ends the stream: its next read returns -1 (the door saw the client go).
+ * Any thread, while the stream is open. */
+void chat_stream_end(struct chat_stream *s);
+
 /* Unregisters and frees the stream. The door must not call wake after this
  * returns. */
 void chat_stream_close(struct chat_stream *s);

@@ -169,3 +169,31 @@ def test_every_device_gets_it():
     finally:
         for s in bs + als:
             s.close()
+
+
+def test_closed_stream_then_reconnect_gets_exactly_the_missed():
+    """The README walk-through: bob's stream on node 2 is closed by the client,
+    alice sends two more at once (well inside one keepalive), bob reconnects to
+    node 1 without Last-Event-ID and gets exactly those two, in order. A node
+    that kept writing to the closed socket would count them delivered and the
+    replay would be empty."""
+    alice, bob = uid("alice"), uid("bob")
+    n1, n2 = node(1), node(2)
+    s = stream(n2, bob)
+    first = send(n1, alice, bob, "hi bob")
+    s.wait_message_id(first["message_id"], timeout=5)
+    s.close()
+    time.sleep(0.2)
+    later = [send(n1, alice, bob, body) for body in ("are you there?", "call me")]
+    time.sleep(0.3)
+    again = stream(n1, bob)
+    try:
+        got = again.wait_messages(2, timeout=5)
+        time.sleep(0.5)
+        got = again.messages()
+        assert [e.json()["message_id"] for e in got] == [m["message_id"] for m in later], (
+            "replay after reconnect: %r" % got)
+        seqs = [e.seq for e in got]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 2, seqs
+    finally:
+        again.close()
