@@ -111,6 +111,7 @@ struct user_entry {
 struct pending {
     char message_id[CHAT_MESSAGE_ID_LEN + 1];
     char from[CHAT_USER_MAX + 1];
+    size_t remaining; /* recipients not heard from */
     int64_t deadline_ms;
     UT_hash_handle hh;
 };
@@ -254,18 +255,31 @@ static void catch_up_user(struct chat_delivery *d, const char *user)
 /* Bus payloads                                                             */
 /* ------------------------------------------------------------------------ */
 
+const char *chat_status_name(int status)
+{
+    return status == CHAT_STATUS_PENDING ? "pending"
+                                         : (status == CHAT_STATUS_READ ? "read" : "delivered");
+}
+
+void chat_json_add_str_or_null(cJSON *o, const char *name, const char *v)
+{
+    if (v && v[0])
+        cJSON_AddStringToObject(o, name, v);
+    else
+        cJSON_AddNullToObject(o, name);
+}
+
 cJSON *chat_item_json(const struct chat_item *it)
 {
     cJSON *o = cJSON_CreateObject();
     chat_json_add_int(o, "seq", (int64_t)it->seq);
     cJSON_AddStringToObject(o, "message_id", it->message_id);
     cJSON_AddStringToObject(o, "from", it->from);
-    cJSON_AddStringToObject(o, "to", it->to);
-    cJSON_AddNullToObject(o, "chat");
+    chat_json_add_str_or_null(o, "to", it->to);
+    chat_json_add_str_or_null(o, "chat", it->chat);
     cJSON_AddStringToObject(o, "body", it->body ? it->body : "");
     chat_json_add_int(o, "ts", it->ts);
-    cJSON_AddStringToObject(o, "status",
-                            it->status == CHAT_STATUS_PENDING ? "pending" : "delivered");
+    cJSON_AddStringToObject(o, "status", chat_status_name(it->status));
     return o;
 }
 
@@ -281,27 +295,31 @@ static void message_frame(struct chat_buf *b, const struct chat_item *it)
 }
 
 /* Publishes an ACK (or, with applied, a receipt of a row already marked)
- * on ack:<from>. */
+ * on ack:<from>. status is "delivered" or "read". */
 static void publish_ack(struct chat_delivery *d, const char *origin, const char *message_id,
-                        const char *from, const char *recipient, uint64_t seq, bool applied)
+                        const char *from, const char *recipient, uint64_t seq, bool applied,
+                        const char *status)
 {
     char buf[512];
     int n = snprintf(buf, sizeof(buf),
                      "{\"t\":\"ack\",\"origin\":\"%s\",\"message_id\":\"%s\",\"recipient\":\"%s\","
-                     "\"seq\":%llu,\"ts\":%lld,\"applied\":%s}",
+                     "\"seq\":%llu,\"ts\":%lld,\"applied\":%s,\"status\":\"%s\"}",
                      origin, message_id, recipient, (unsigned long long)seq,
-                     (long long)chat_now_ms(), applied ? "true" : "false");
-    /* Every field is an id of [A-Za-z0-9_.@:-]: nothing needs escaping. */
+                     (long long)chat_now_ms(), applied ? "true" : "false", status);
+    /* Every field is an id of [A-Za-z0-9_.@:/-]: nothing needs escaping. */
     if (n > 0 && (size_t)n < sizeof(buf))
         chat_bus_publish(d->bus, CHAT_CHANNEL_ACK, from, buf, (size_t)n, CHAT_CHANNEL_ACK, NULL);
 }
 
+/* One recipient of message_id was heard from. */
 static void pending_forget(struct chat_delivery *d, const char *message_id)
 {
     pthread_mutex_lock(&d->pending_lock);
     struct pending *p;
     HASH_FIND_STR(d->pending, message_id, p);
-    if (p)
+    if (p && --p->remaining > 0)
+        p = NULL;
+    else if (p)
         HASH_DEL(d->pending, p);
     pthread_mutex_unlock(&d->pending_lock);
     if (p) {
@@ -358,6 +376,8 @@ static void on_ack_message(struct chat_delivery *d, const char *sender, cJSON *r
         chat_json_u64(root, "seq", &seq) != 0 || chat_json_u64(root, "ts", &ts) != 0)
         return;
     bool applied = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "applied"));
+    const char *status = chat_json_string(root, "status");
+    bool read = status && strcmp(status, "read") == 0;
     if (strcmp(origin, d->node_id) == 0) {
         pending_forget(d, mid);
         /* Step 5: the node that stored the message applies its ACK. */
@@ -370,7 +390,7 @@ static void on_ack_message(struct chat_delivery *d, const char *sender, cJSON *r
     cJSON *r = cJSON_CreateObject();
     cJSON_AddStringToObject(r, "message_id", mid);
     cJSON_AddStringToObject(r, "user", rcpt);
-    cJSON_AddStringToObject(r, "status", "delivered");
+    cJSON_AddStringToObject(r, "status", read ? "read" : "delivered");
     chat_json_add_int(r, "ts", (int64_t)ts);
     char *data = chat_json_print(r);
     cJSON_Delete(r);
@@ -426,7 +446,7 @@ static void bus_on_tick(void *ctx)
     while (expired) {
         p = expired;
         expired = p->hh.next;
-        chat_metric_inc(ack_timeouts);
+        atomic_fetch_add(&chat_metrics.ack_timeouts, (long)p->remaining);
         chat_debug("no ACK for %s within %d s", p->message_id, d->cfg->ack_timeout);
         chat_bus_unref(d->bus, CHAT_CHANNEL_ACK, p->from);
         free(p);
@@ -612,21 +632,28 @@ int chat_delivery_send(struct chat_delivery *d, const struct chat_send *in, stru
     struct pending *p = chat_xcalloc(1, sizeof(*p));
     snprintf(p->message_id, sizeof(p->message_id), "%s", out->item.message_id);
     snprintf(p->from, sizeof(p->from), "%s", in->from);
+    p->remaining = out->ntargets;
     p->deadline_ms = chat_mono_ms() + (int64_t)d->cfg->ack_timeout * 1000;
     pthread_mutex_lock(&d->pending_lock);
     HASH_ADD_STR(d->pending, message_id, p);
     pthread_mutex_unlock(&d->pending_lock);
     chat_bus_ref(d->bus, CHAT_CHANNEL_ACK, in->from);
 
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "t", "msg");
-    cJSON_AddStringToObject(root, "origin", d->node_id);
-    cJSON_AddItemToObject(root, "item", chat_item_json(&out->item));
-    char *payload = chat_json_print(root);
-    cJSON_Delete(root);
-    chat_bus_publish(d->bus, CHAT_CHANNEL_USER, in->to, payload, strlen(payload), CHAT_CHANNEL_ACK,
-                     in->from);
-    free(payload);
+    /* One publish per recipient, on its own channel, with its own seq:
+     * membership is the one the send transaction saw. */
+    for (size_t i = 0; i < out->ntargets; i++) {
+        out->item.seq = out->targets[i].seq;
+        cJSON *root = cJSON_CreateObject();
+        cJSON_AddStringToObject(root, "t", "msg");
+        cJSON_AddStringToObject(root, "origin", d->node_id);
+        cJSON_AddItemToObject(root, "item", chat_item_json(&out->item));
+        char *payload = chat_json_print(root);
+        cJSON_Delete(root);
+        chat_bus_publish(d->bus, CHAT_CHANNEL_USER, out->targets[i].user, payload, strlen(payload),
+                         CHAT_CHANNEL_ACK, in->from);
+        free(payload);
+    }
+    out->item.seq = in->to && out->ntargets ? out->targets[0].seq : 0;
     return 0;
 }
 
@@ -643,7 +670,8 @@ static void apply_written_range(struct chat_delivery *d, struct chat_store *st, 
                              &n) != 0)
         return; /* left PENDING: replayed again later */
     for (size_t i = 0; i < n; i++)
-        publish_ack(d, d->node_id, acked[i].message_id, acked[i].from, user, acked[i].seq, true);
+        publish_ack(d, d->node_id, acked[i].message_id, acked[i].from, user, acked[i].seq, true,
+                    "delivered");
     free(acked);
 }
 
@@ -660,9 +688,27 @@ int chat_delivery_device_ack(struct chat_delivery *d, const char *user, const ui
     if (err)
         return err;
     for (size_t i = 0; i < na; i++)
-        publish_ack(d, d->node_id, acked[i].message_id, acked[i].from, user, acked[i].seq, true);
+        publish_ack(d, d->node_id, acked[i].message_id, acked[i].from, user, acked[i].seq, true,
+                    "delivered");
     free(acked);
     *count = na;
+    return 0;
+}
+
+int chat_delivery_read(struct chat_delivery *d, const char *user, uint64_t up_to,
+                       const char *conv_key, size_t *count)
+{
+    struct chat_acked *read = NULL;
+    size_t n = 0;
+    int err =
+        chat_store_read(chat_store_local(d->cfg), user, up_to, conv_key, chat_now_ms(), &read, &n);
+    if (err)
+        return err;
+    for (size_t i = 0; i < n; i++)
+        publish_ack(d, d->node_id, read[i].message_id, read[i].from, user, read[i].seq, true,
+                    "read");
+    free(read);
+    *count = n;
     return 0;
 }
 
@@ -812,7 +858,7 @@ static void stream_take_message(struct chat_stream *s, struct event *ev)
     s->last_seq = ev->seq;
     chat_metric_inc(events_delivered);
     if (d->cfg->mode == CHAT_MODE_SERVER)
-        publish_ack(d, ev->origin, ev->message_id, ev->from, s->user, ev->seq, false);
+        publish_ack(d, ev->origin, ev->message_id, ev->from, s->user, ev->seq, false, "delivered");
 }
 
 ssize_t chat_stream_read(struct chat_stream *s, char *buf, size_t max)

@@ -60,6 +60,16 @@ int chat_delivery_send(struct chat_delivery *d, const struct chat_send *in, stru
 int chat_delivery_device_ack(struct chat_delivery *d, const char *user, const uint64_t *seqs,
                              size_t n, uint64_t up_to, size_t *acked);
 
+/* POST /v1/inbox/read: marks the user's rows up to up_to (0: all; only
+ * conv_key's when not NULL) read and sends "read" receipts to their senders. */
+int chat_delivery_read(struct chat_delivery *d, const char *user, uint64_t up_to,
+                       const char *conv_key, size_t *count);
+
+/* "pending", "delivered" or "read". */
+const char *chat_status_name(int status);
+/* Adds name as a string, or null when v is NULL or empty. */
+void chat_json_add_str_or_null(cJSON *o, const char *name, const char *v);
+
 /* A long-poll answer wrote the rows (after, up_to] of user: in mode server
  * that is their delivery, so they are marked and their receipts sent. */
 void chat_delivery_poll_written(struct chat_delivery *d, const char *user, uint64_t after,

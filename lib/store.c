@@ -35,6 +35,24 @@ enum stmt_id {
     S_ACK_DELETE,
     S_MSG,
     S_MSG_RCPT,
+    S_MEMBERS_SHARE,
+    S_CONV_UPSERT,
+    S_GROUP_INS,
+    S_MEMBER_INS,
+    S_MEMBER_DEL,
+    S_GROUP_GET,
+    S_GROUP_LOCK,
+    S_MEMBERS,
+    S_MEMBER_COUNT,
+    S_GROUP_LIST,
+    S_IS_MEMBER,
+    S_READ_SELECT,
+    S_READ_SELECT_CONV,
+    S_READ_MARK,
+    S_CONV_UNREAD,
+    S_CONV_LIST,
+    S_HISTORY,
+    S_MSG_PK,
     S_COUNT
 };
 
@@ -43,13 +61,13 @@ enum stmt_id {
 
 static const char *const stmt_sql[S_COUNT] = {
     [S_SCHEMA] = "SELECT COALESCE(MAX(version), 0) FROM schema_version",
-    [S_INS_MSG] = "INSERT INTO messages (message_id, sender, recipient, client_msg_id, body, ts) "
-                  "VALUES (?, ?, ?, ?, ?, ?)",
+    [S_INS_MSG] = "INSERT INTO messages (message_id, sender, recipient, client_msg_id, body, ts, "
+                  "chat_id, conv_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     /* LAST_INSERT_ID(expr) hands the new value back without a second query. */
     [S_SEQ] = "INSERT INTO user_seq (user_id, last_seq) VALUES (?, LAST_INSERT_ID(1)) "
               "ON DUPLICATE KEY UPDATE last_seq = LAST_INSERT_ID(last_seq + 1)",
     [S_INS_INBOX] = "INSERT INTO inbox (user_id, seq, msg_pk, status) VALUES (?, ?, ?, 0)",
-    [S_FIND_CLIENT] = "SELECT message_id, recipient, body, ts FROM messages "
+    [S_FIND_CLIENT] = "SELECT message_id, recipient, body, ts, chat_id FROM messages "
                       "WHERE sender = ? AND client_msg_id = ?",
     [S_INBOX_ALL] = "SELECT " ITEM_COLS " FROM inbox i JOIN messages m ON m.id = i.msg_pk "
                     "WHERE i.user_id = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
@@ -64,9 +82,51 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_ACK_MARK] = "UPDATE inbox SET status = 1, delivered_ts = ? "
                    "WHERE user_id = ? AND status = 0 AND seq > ? AND seq <= ?",
     [S_ACK_DELETE] = "DELETE FROM inbox WHERE user_id = ? AND status = 0 AND seq > ? AND seq <= ?",
-    [S_MSG] = "SELECT id, message_id, sender, recipient, body, ts FROM messages "
+    [S_MSG] = "SELECT id, message_id, sender, recipient, body, ts, chat_id FROM messages "
               "WHERE message_id = ?",
-    [S_MSG_RCPT] = "SELECT status, delivered_ts FROM inbox WHERE msg_pk = ? AND user_id = ?",
+    [S_MSG_RCPT] = "SELECT user_id, status, delivered_ts, read_ts FROM inbox WHERE msg_pk = ? "
+                   "ORDER BY user_id",
+    /* A send holds the member rows shared until COMMIT: a membership change
+     * (which locks them exclusively) lands before it or after it, whole. */
+    [S_MEMBERS_SHARE] = "SELECT user_id FROM chat_members WHERE chat_id = ? ORDER BY user_id "
+                        "LOCK IN SHARE MODE",
+    [S_CONV_UPSERT] = "INSERT INTO conversations (user_id, conv_key, last_msg_pk, last_ts, unread) "
+                      "VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE "
+                      "last_msg_pk = GREATEST(last_msg_pk, VALUES(last_msg_pk)), "
+                      "last_ts = GREATEST(last_ts, VALUES(last_ts)), "
+                      "unread = unread + VALUES(unread)",
+    [S_GROUP_INS] = "INSERT INTO chats (id, name, owner, created_ts) VALUES (?, ?, ?, ?)",
+    [S_MEMBER_INS] =
+        "INSERT IGNORE INTO chat_members (chat_id, user_id, joined_ts) VALUES (?, ?, ?)",
+    [S_MEMBER_DEL] = "DELETE FROM chat_members WHERE chat_id = ? AND user_id = ?",
+    [S_GROUP_GET] = "SELECT name, owner, created_ts FROM chats WHERE id = ?",
+    [S_GROUP_LOCK] = "SELECT name, owner, created_ts FROM chats WHERE id = ? FOR UPDATE",
+    [S_MEMBERS] = "SELECT user_id FROM chat_members WHERE chat_id = ? ORDER BY user_id",
+    [S_MEMBER_COUNT] = "SELECT COUNT(*) FROM chat_members WHERE chat_id = ?",
+    [S_GROUP_LIST] = "SELECT c.id, c.name, c.owner, c.created_ts, "
+                     "(SELECT COUNT(*) FROM chat_members x WHERE x.chat_id = c.id) "
+                     "FROM chat_members m JOIN chats c ON c.id = m.chat_id "
+                     "WHERE m.user_id = ? ORDER BY c.created_ts DESC, c.id LIMIT 1000",
+    [S_IS_MEMBER] = "SELECT 1 FROM chat_members WHERE chat_id = ? AND user_id = ?",
+    [S_READ_SELECT] = "SELECT i.seq, m.message_id, m.sender, m.conv_key FROM inbox i "
+                      "JOIN messages m ON m.id = i.msg_pk "
+                      "WHERE i.user_id = ? AND i.status < 2 AND i.seq > ? AND i.seq <= ? "
+                      "ORDER BY i.seq LIMIT 1000 FOR UPDATE",
+    [S_READ_SELECT_CONV] = "SELECT i.seq, m.message_id, m.sender, m.conv_key FROM inbox i "
+                           "JOIN messages m ON m.id = i.msg_pk "
+                           "WHERE i.user_id = ? AND i.status < 2 AND i.seq > ? AND i.seq <= ? "
+                           "AND m.conv_key = ? ORDER BY i.seq LIMIT 1000 FOR UPDATE",
+    [S_READ_MARK] = "UPDATE inbox SET status = 2, read_ts = ?, "
+                    "delivered_ts = COALESCE(delivered_ts, ?) WHERE user_id = ? AND seq = ?",
+    [S_CONV_UNREAD] = "UPDATE conversations SET unread = IF(unread > ?, unread - ?, 0) "
+                      "WHERE user_id = ? AND conv_key = ?",
+    [S_CONV_LIST] = "SELECT c.conv_key, c.unread, c.last_ts, m.message_id, m.sender, m.body, m.ts, "
+                    "g.name FROM conversations c JOIN messages m ON m.id = c.last_msg_pk "
+                    "LEFT JOIN chats g ON g.id = m.chat_id "
+                    "WHERE c.user_id = ? ORDER BY c.last_ts DESC, c.conv_key LIMIT ?",
+    [S_HISTORY] = "SELECT m.id, m.message_id, m.sender, m.recipient, m.body, m.ts, m.chat_id "
+                  "FROM messages m WHERE m.conv_key = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
+    [S_MSG_PK] = "SELECT id, conv_key FROM messages WHERE message_id = ?",
 };
 
 struct chat_store {
@@ -346,15 +406,16 @@ static char *fetch_body(MYSQL_STMT *st, unsigned col, unsigned long len)
 }
 
 struct item_row {
-    MYSQL_BIND res[8];
+    MYSQL_BIND res[10];
     uint64_t seq;
     char message_id[CHAT_MESSAGE_ID_LEN + 2];
     char from[CHAT_USER_MAX + 2];
     char to[CHAT_USER_MAX + 2];
-    int64_t ts, delivered_ts;
+    char chat[CHAT_CHAT_ID_LEN + 2];
+    int64_t ts, delivered_ts, read_ts;
     int64_t status;
-    unsigned long mid_len, from_len, to_len, body_len;
-    my_bool to_null, dts_null, body_null;
+    unsigned long mid_len, from_len, to_len, body_len, chat_len;
+    my_bool to_null, dts_null, body_null, chat_null, rts_null;
 };
 
 static void item_row_bind(struct item_row *r)
@@ -369,6 +430,9 @@ static void item_row_bind(struct item_row *r)
     bind_i64(&r->res[6], &r->status);
     bind_i64(&r->res[7], &r->delivered_ts);
     r->res[7].is_null = &r->dts_null;
+    bind_out_str(&r->res[8], r->chat, sizeof(r->chat), &r->chat_len, &r->chat_null);
+    bind_i64(&r->res[9], &r->read_ts);
+    r->res[9].is_null = &r->rts_null;
 }
 
 static void copy_str(char *dst, size_t cap, const char *src, unsigned long len)
@@ -377,6 +441,26 @@ static void copy_str(char *dst, size_t cap, const char *src, unsigned long len)
         len = cap - 1;
     memcpy(dst, src, len);
     dst[len] = '\0';
+}
+
+/* Copies the message columns of r (and the body, column body_col of st). */
+static void item_from_row(struct chat_item *it, const struct item_row *r, MYSQL_STMT *st,
+                          unsigned body_col)
+{
+    it->seq = r->seq;
+    copy_str(it->message_id, sizeof(it->message_id), r->message_id, r->mid_len);
+    copy_str(it->from, sizeof(it->from), r->from, r->from_len);
+    it->to[0] = it->chat[0] = '\0';
+    if (!r->to_null)
+        copy_str(it->to, sizeof(it->to), r->to, r->to_len);
+    if (!r->chat_null)
+        copy_str(it->chat, sizeof(it->chat), r->chat, r->chat_len);
+    it->body = fetch_body(st, body_col, r->body_len);
+    it->body_len = strlen(it->body);
+    it->ts = r->ts;
+    it->status = (int)r->status;
+    it->delivered_ts = r->dts_null ? 0 : r->delivered_ts;
+    it->read_ts = r->rts_null ? 0 : r->read_ts;
 }
 
 int chat_store_inbox(struct chat_store *s, const char *user, uint64_t after, bool pending_only,
@@ -407,17 +491,7 @@ int chat_store_inbox(struct chat_store *s, const char *user, uint64_t after, boo
             out->more = true;
             break;
         }
-        struct chat_item *it = &out->v[out->n++];
-        it->seq = r.seq;
-        copy_str(it->message_id, sizeof(it->message_id), r.message_id, r.mid_len);
-        copy_str(it->from, sizeof(it->from), r.from, r.from_len);
-        if (!r.to_null)
-            copy_str(it->to, sizeof(it->to), r.to, r.to_len);
-        it->body = fetch_body(st, 4, r.body_len);
-        it->body_len = strlen(it->body);
-        it->ts = r.ts;
-        it->status = (int)r.status;
-        it->delivered_ts = r.dts_null ? 0 : r.delivered_ts;
+        item_from_row(&out->v[out->n++], &r, st, 4);
     }
     mysql_stmt_free_result(st);
     if (rc == 1) {
@@ -445,24 +519,33 @@ int chat_store_last_seq(struct chat_store *s, const char *user, uint64_t *seq)
     return 0;
 }
 
+/* Binds the result columns of S_MSG / S_HISTORY (id, message_id, sender,
+ * recipient, body, ts, chat_id) onto r, with the pk into *pk. */
+static void msg_row_bind(struct item_row *r, MYSQL_BIND res[7], uint64_t *pk)
+{
+    item_row_bind(r);
+    bind_u64(&res[0], pk);
+    res[1] = r->res[1];
+    res[2] = r->res[2];
+    res[3] = r->res[3];
+    res[4] = r->res[4];
+    res[5] = r->res[5];
+    res[6] = r->res[8];
+}
+
 int chat_store_message(struct chat_store *s, const char *message_id, struct chat_item *msg,
-                       struct chat_recipient *rcpt)
+                       struct chat_recipient **rcpts, size_t *nrcpts)
 {
     memset(msg, 0, sizeof(*msg));
-    memset(rcpt, 0, sizeof(*rcpt));
+    *rcpts = NULL;
+    *nrcpts = 0;
     unsigned long idlen;
     MYSQL_BIND par[1];
     bind_str(&par[0], message_id, &idlen);
     struct item_row r;
-    item_row_bind(&r);
     uint64_t pk = 0;
-    MYSQL_BIND res[6];
-    bind_u64(&res[0], &pk);
-    res[1] = r.res[1];
-    res[2] = r.res[2];
-    res[3] = r.res[3];
-    res[4] = r.res[4];
-    res[5] = r.res[5];
+    MYSQL_BIND res[7];
+    msg_row_bind(&r, res, &pk);
     MYSQL_STMT *st;
     int err = run(s, S_MSG, par, res, &st);
     if (err)
@@ -472,45 +555,65 @@ int chat_store_message(struct chat_store *s, const char *message_id, struct chat
         mysql_stmt_free_result(st);
         return rc == MYSQL_NO_DATA ? CHAT_ENOTFOUND : CHAT_EUNAVAIL;
     }
-    copy_str(msg->message_id, sizeof(msg->message_id), r.message_id, r.mid_len);
-    copy_str(msg->from, sizeof(msg->from), r.from, r.from_len);
-    if (!r.to_null)
-        copy_str(msg->to, sizeof(msg->to), r.to, r.to_len);
-    msg->body = fetch_body(st, 4, r.body_len);
-    msg->body_len = strlen(msg->body);
-    msg->ts = r.ts;
+    item_from_row(msg, &r, st, 4);
+    msg->status = CHAT_STATUS_PENDING;
     mysql_stmt_free_result(st);
 
-    snprintf(rcpt->user, sizeof(rcpt->user), "%s", msg->to);
-    unsigned long ulen;
-    MYSQL_BIND par2[2], res2[2];
+    MYSQL_BIND par2[1], res2[4];
     bind_u64(&par2[0], &pk);
-    bind_str(&par2[1], rcpt->user, &ulen);
-    int64_t status = 0, dts = 0;
-    my_bool dts_null = 0;
-    bind_i64(&res2[0], &status);
-    bind_i64(&res2[1], &dts);
-    res2[1].is_null = &dts_null;
+    char user[CHAT_USER_MAX + 2];
+    unsigned long ulen;
+    int64_t status = 0, dts = 0, rts = 0;
+    my_bool dts_null = 0, rts_null = 0;
+    bind_out_str(&res2[0], user, sizeof(user), &ulen, NULL);
+    bind_i64(&res2[1], &status);
+    bind_i64(&res2[2], &dts);
+    res2[2].is_null = &dts_null;
+    bind_i64(&res2[3], &rts);
+    res2[3].is_null = &rts_null;
     err = run(s, S_MSG_RCPT, par2, res2, &st);
     if (err) {
         chat_item_cleanup(msg);
         return err < 0 ? err : CHAT_EUNAVAIL;
     }
-    if (mysql_stmt_fetch(st) == 0) {
-        rcpt->known = true;
-        rcpt->status = (int)status;
-        rcpt->delivered_ts = dts_null ? 0 : dts;
-    } else {
-        /* No row: deleted after delivery (policy delete). */
-        rcpt->status = CHAT_STATUS_DELIVERED;
+    size_t cap = mysql_stmt_num_rows(st) + 1;
+    *rcpts = chat_xcalloc(cap, sizeof(**rcpts));
+    while (mysql_stmt_fetch(st) == 0 && *nrcpts < cap) {
+        struct chat_recipient *rc1 = &(*rcpts)[(*nrcpts)++];
+        copy_str(rc1->user, sizeof(rc1->user), user, ulen);
+        rc1->known = true;
+        rc1->status = (int)status;
+        rc1->delivered_ts = dts_null ? 0 : dts;
+        rc1->read_ts = rts_null ? 0 : rts;
     }
     mysql_stmt_free_result(st);
+    if (*nrcpts == 0 && msg->to[0]) {
+        /* The row is gone: deleted after delivery (policy delete). */
+        struct chat_recipient *rc1 = &(*rcpts)[(*nrcpts)++];
+        snprintf(rc1->user, sizeof(rc1->user), "%s", msg->to);
+        rc1->status = CHAT_STATUS_DELIVERED;
+    }
     return 0;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Writes                                                                   */
 /* ------------------------------------------------------------------------ */
+
+void chat_conv_key_direct(char out[CHAT_CONV_KEY_MAX + 1], const char *a, const char *b)
+{
+    if (strcmp(a, b) > 0) {
+        const char *t = a;
+        a = b;
+        b = t;
+    }
+    snprintf(out, CHAT_CONV_KEY_MAX + 1, "d:%s|%s", a, b);
+}
+
+void chat_conv_key_group(char out[CHAT_CONV_KEY_MAX + 1], const char *chat_id)
+{
+    snprintf(out, CHAT_CONV_KEY_MAX + 1, "c:%s", chat_id);
+}
 
 /* Looks up an earlier send with the same client_msg_id. Returns 0 and fills
  * out when found, CHAT_ENOTFOUND, CHAT_ECONFLICT when it differs. */
@@ -522,7 +625,7 @@ static int find_client_msg(struct chat_store *s, const struct chat_send *in, str
     bind_str(&par[1], in->client_msg_id, &l2);
     struct item_row r;
     item_row_bind(&r);
-    MYSQL_BIND res[4] = {r.res[1], r.res[3], r.res[4], r.res[5]};
+    MYSQL_BIND res[5] = {r.res[1], r.res[3], r.res[4], r.res[5], r.res[8]};
     MYSQL_STMT *st;
     int err = run(s, S_FIND_CLIENT, par, res, &st);
     if (err)
@@ -534,16 +637,14 @@ static int find_client_msg(struct chat_store *s, const struct chat_send *in, str
     }
     struct chat_item *it = &out->item;
     memset(it, 0, sizeof(*it));
-    copy_str(it->message_id, sizeof(it->message_id), r.message_id, r.mid_len);
-    snprintf(it->from, sizeof(it->from), "%s", in->from);
-    if (!r.to_null)
-        copy_str(it->to, sizeof(it->to), r.to, r.to_len);
-    it->body = fetch_body(st, 2, r.body_len);
-    it->body_len = strlen(it->body);
-    it->ts = r.ts;
+    snprintf(r.from, sizeof(r.from), "%s", in->from);
+    r.from_len = strlen(r.from);
+    item_from_row(it, &r, st, 2);
+    it->seq = 0;
     mysql_stmt_free_result(st);
     out->created = false;
-    if (strcmp(it->to, in->to) != 0 || it->body_len != in->body_len ||
+    const char *to = in->to ? in->to : "", *chat = in->chat ? in->chat : "";
+    if (strcmp(it->to, to) != 0 || strcmp(it->chat, chat) != 0 || it->body_len != in->body_len ||
         memcmp(it->body, in->body, in->body_len) != 0) {
         chat_item_cleanup(it);
         return CHAT_ECONFLICT;
@@ -551,51 +652,141 @@ static int find_client_msg(struct chat_store *s, const struct chat_send *in, str
     return 0;
 }
 
+/* The recipients of a send, sorted: the lock order of every transaction. */
+static int send_targets(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
+{
+    if (in->to) {
+        out->targets = chat_xcalloc(1, sizeof(*out->targets));
+        snprintf(out->targets[0].user, sizeof(out->targets[0].user), "%s", in->to);
+        out->ntargets = 1;
+        return 0;
+    }
+    unsigned long clen;
+    MYSQL_BIND par[1], res[1];
+    bind_str(&par[0], in->chat, &clen);
+    char user[CHAT_USER_MAX + 2];
+    unsigned long ulen;
+    bind_out_str(&res[0], user, sizeof(user), &ulen, NULL);
+    MYSQL_STMT *st;
+    int err = run(s, S_MEMBERS_SHARE, par, res, &st);
+    if (err)
+        return err;
+    size_t rows = mysql_stmt_num_rows(st);
+    out->targets = chat_xcalloc(rows + 1, sizeof(*out->targets));
+    bool member = false;
+    while (mysql_stmt_fetch(st) == 0) {
+        user[ulen < sizeof(user) ? ulen : sizeof(user) - 1] = '\0';
+        if (strcmp(user, in->from) == 0) {
+            member = true;
+            continue; /* the sender gets no inbox row of its own message */
+        }
+        copy_str(out->targets[out->ntargets++].user, sizeof(out->targets[0].user), user,
+                 strlen(user));
+    }
+    mysql_stmt_free_result(st);
+    if (rows == 0)
+        return CHAT_ENOTFOUND;
+    if (!member)
+        return CHAT_EFORBIDDEN;
+    return 0;
+}
+
+static int conv_upsert(struct chat_store *s, const char *user, const char *conv_key, uint64_t pk,
+                       int64_t ts, uint64_t unread)
+{
+    unsigned long l1, l2;
+    MYSQL_BIND par[5];
+    bind_str(&par[0], user, &l1);
+    bind_str(&par[1], conv_key, &l2);
+    bind_u64(&par[2], &pk);
+    bind_i64(&par[3], &ts);
+    bind_u64(&par[4], &unread);
+    MYSQL_STMT *st;
+    return run(s, S_CONV_UPSERT, par, NULL, &st);
+}
+
 /* One attempt of the send transaction. Returns 0, a MySQL errno (> 0) the
  * caller may retry, or a negative chat_err. */
 static int send_once(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
 {
     struct chat_item *it = &out->item;
+    free(out->targets);
+    out->targets = NULL;
+    out->ntargets = 0;
     int err = begin(s);
     if (err)
         return err;
-    unsigned long l[6];
-    MYSQL_BIND par[6];
+    err = send_targets(s, in, out);
+    if (err)
+        goto fail;
+    char conv[CHAT_CONV_KEY_MAX + 1];
+    if (in->to)
+        chat_conv_key_direct(conv, in->from, in->to);
+    else
+        chat_conv_key_group(conv, in->chat);
+
+    unsigned long l[8];
+    MYSQL_BIND par[8];
     bind_str(&par[0], it->message_id, &l[0]);
     bind_str(&par[1], in->from, &l[1]);
-    bind_str(&par[2], in->to, &l[2]);
+    if (in->to)
+        bind_str(&par[2], in->to, &l[2]);
+    else
+        bind_null(&par[2]);
     if (in->client_msg_id)
         bind_str(&par[3], in->client_msg_id, &l[3]);
     else
         bind_null(&par[3]);
     bind_blob(&par[4], in->body, in->body_len, &l[4]);
     bind_i64(&par[5], &it->ts);
+    if (in->chat)
+        bind_str(&par[6], in->chat, &l[6]);
+    else
+        bind_null(&par[6]);
+    bind_str(&par[7], conv, &l[7]);
     MYSQL_STMT *st;
     err = run(s, S_INS_MSG, par, NULL, &st);
     if (err)
         goto fail;
     uint64_t pk = mysql_stmt_insert_id(st);
 
-    /* Last: the recipient's seq row lock is held only for the remaining two
-     * statements and the COMMIT. */
-    MYSQL_BIND spar[1];
-    bind_str(&spar[0], in->to, &l[0]);
-    err = run(s, S_SEQ, spar, NULL, &st);
-    if (err)
-        goto fail;
-    uint64_t seq = mysql_stmt_insert_id(st);
-
-    MYSQL_BIND ipar[3];
-    bind_str(&ipar[0], in->to, &l[0]);
-    bind_u64(&ipar[1], &seq);
-    bind_u64(&ipar[2], &pk);
-    err = run(s, S_INS_INBOX, ipar, NULL, &st);
-    if (err)
-        goto fail;
+    /* Seq row locks first, in user order, then conversation rows in user
+     * order: with one order for every transaction, sends never deadlock. */
+    for (size_t i = 0; i < out->ntargets; i++) {
+        struct chat_target *t = &out->targets[i];
+        MYSQL_BIND spar[1];
+        bind_str(&spar[0], t->user, &l[0]);
+        err = run(s, S_SEQ, spar, NULL, &st);
+        if (err)
+            goto fail;
+        t->seq = mysql_stmt_insert_id(st);
+        MYSQL_BIND ipar[3];
+        bind_str(&ipar[0], t->user, &l[0]);
+        bind_u64(&ipar[1], &t->seq);
+        bind_u64(&ipar[2], &pk);
+        err = run(s, S_INS_INBOX, ipar, NULL, &st);
+        if (err)
+            goto fail;
+    }
+    bool sender_done = false;
+    for (size_t i = 0; i <= out->ntargets; i++) {
+        const char *user = i < out->ntargets ? out->targets[i].user : NULL;
+        if (!sender_done && (!user || strcmp(in->from, user) <= 0)) {
+            sender_done = true;
+            bool self = user && strcmp(in->from, user) == 0;
+            err = conv_upsert(s, in->from, conv, pk, it->ts, self ? 1 : 0);
+            if (err)
+                goto fail;
+            if (self)
+                continue;
+        }
+        if (user && (err = conv_upsert(s, user, conv, pk, it->ts, 1)) != 0)
+            goto fail;
+    }
     err = commit(s);
     if (err)
         return err;
-    it->seq = seq;
+    it->seq = out->ntargets == 1 && in->to ? out->targets[0].seq : 0;
     return 0;
 fail:
     rollback(s);
@@ -614,7 +805,8 @@ int chat_store_send(struct chat_store *s, const struct chat_send *in, struct cha
     it->ts = chat_now_ms();
     chat_id_new(it->message_id, it->ts);
     snprintf(it->from, sizeof(it->from), "%s", in->from);
-    snprintf(it->to, sizeof(it->to), "%s", in->to);
+    snprintf(it->to, sizeof(it->to), "%s", in->to ? in->to : "");
+    snprintf(it->chat, sizeof(it->chat), "%s", in->chat ? in->chat : "");
     it->status = CHAT_STATUS_PENDING;
     for (int attempt = 0; attempt < 3; attempt++) {
         int err = send_once(s, in, out);
@@ -626,13 +818,476 @@ int chat_store_send(struct chat_store *s, const struct chat_send *in, struct cha
         }
         if (err == ER_DUP_ENTRY && in->client_msg_id) {
             /* A concurrent send with the same client_msg_id won the race. */
+            chat_sent_cleanup(out);
             return find_client_msg(s, in, out);
         }
-        if (err != ER_LOCK_DEADLOCK && err != ER_LOCK_WAIT_TIMEOUT)
+        if (err != ER_LOCK_DEADLOCK && err != ER_LOCK_WAIT_TIMEOUT) {
+            chat_sent_cleanup(out);
             return err < 0 ? err : CHAT_EUNAVAIL;
+        }
         chat_info("mysql: send retried after lock conflict %d", err);
     }
+    chat_sent_cleanup(out);
     return CHAT_EUNAVAIL;
+}
+
+void chat_sent_cleanup(struct chat_sent *sent)
+{
+    chat_item_cleanup(&sent->item);
+    free(sent->targets);
+    sent->targets = NULL;
+    sent->ntargets = 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Groups                                                                   */
+/* ------------------------------------------------------------------------ */
+
+void chat_group_cleanup(struct chat_group *g)
+{
+    free(g->members);
+    g->members = NULL;
+    g->nmembers = 0;
+}
+
+/* Reads the group row (locked FOR UPDATE when lock) into g. */
+static int group_row(struct chat_store *s, const char *id, bool lock, struct chat_group *g)
+{
+    memset(g, 0, sizeof(*g));
+    unsigned long ilen, nlen, olen;
+    MYSQL_BIND par[1], res[3];
+    bind_str(&par[0], id, &ilen);
+    bind_out_str(&res[0], g->name, sizeof(g->name), &nlen, NULL);
+    bind_out_str(&res[1], g->owner, sizeof(g->owner), &olen, NULL);
+    bind_i64(&res[2], &g->created_ts);
+    MYSQL_STMT *st;
+    int err = run(s, lock ? S_GROUP_LOCK : S_GROUP_GET, par, res, &st);
+    if (err)
+        return err;
+    int rc = mysql_stmt_fetch(st);
+    mysql_stmt_free_result(st);
+    if (rc != 0 && rc != MYSQL_DATA_TRUNCATED)
+        return rc == MYSQL_NO_DATA ? CHAT_ENOTFOUND : CHAT_EUNAVAIL;
+    g->name[nlen < sizeof(g->name) ? nlen : sizeof(g->name) - 1] = '\0';
+    g->owner[olen < sizeof(g->owner) ? olen : sizeof(g->owner) - 1] = '\0';
+    snprintf(g->id, sizeof(g->id), "%s", id);
+    return 0;
+}
+
+static int group_members(struct chat_store *s, struct chat_group *g)
+{
+    unsigned long ilen, ulen;
+    char user[CHAT_USER_MAX + 2];
+    MYSQL_BIND par[1], res[1];
+    bind_str(&par[0], g->id, &ilen);
+    bind_out_str(&res[0], user, sizeof(user), &ulen, NULL);
+    MYSQL_STMT *st;
+    int err = run(s, S_MEMBERS, par, res, &st);
+    if (err)
+        return err;
+    size_t rows = mysql_stmt_num_rows(st);
+    g->members = chat_xcalloc(rows + 1, sizeof(*g->members));
+    g->nmembers = 0;
+    while (g->nmembers < rows && mysql_stmt_fetch(st) == 0)
+        copy_str(g->members[g->nmembers++], sizeof(g->members[0]), user, ulen);
+    mysql_stmt_free_result(st);
+    return 0;
+}
+
+static int member_add(struct chat_store *s, const char *id, const char *user, int64_t now)
+{
+    unsigned long l1, l2;
+    MYSQL_BIND par[3];
+    bind_str(&par[0], id, &l1);
+    bind_str(&par[1], user, &l2);
+    bind_i64(&par[2], &now);
+    MYSQL_STMT *st;
+    return run(s, S_MEMBER_INS, par, NULL, &st);
+}
+
+static int member_count(struct chat_store *s, const char *id, uint64_t *count)
+{
+    unsigned long ilen;
+    MYSQL_BIND par[1], res[1];
+    bind_str(&par[0], id, &ilen);
+    bind_u64(&res[0], count);
+    MYSQL_STMT *st;
+    int err = run(s, S_MEMBER_COUNT, par, res, &st);
+    if (err)
+        return err;
+    *count = 0;
+    mysql_stmt_fetch(st);
+    mysql_stmt_free_result(st);
+    return 0;
+}
+
+/* Ends a group transaction: commits, then reads the group for out. */
+static int group_finish(struct chat_store *s, int err, const char *id, struct chat_group *out)
+{
+    if (err) {
+        rollback(s);
+        return err < 0 ? err : CHAT_EUNAVAIL;
+    }
+    err = commit(s);
+    if (err)
+        return err;
+    err = group_row(s, id, false, out);
+    if (err == 0)
+        err = group_members(s, out);
+    return err < 0 ? err : (err ? CHAT_EUNAVAIL : 0);
+}
+
+int chat_store_group_create(struct chat_store *s, const char *owner, const char *name,
+                            const char *const *members, size_t n, struct chat_group *out)
+{
+    memset(out, 0, sizeof(*out));
+    char id[CHAT_CHAT_ID_LEN + 1];
+    int64_t now = chat_now_ms();
+    chat_id_new(id, now);
+    int err = begin(s);
+    if (err)
+        return err;
+    unsigned long l[3];
+    MYSQL_BIND par[4];
+    bind_str(&par[0], id, &l[0]);
+    bind_str(&par[1], name, &l[1]);
+    bind_str(&par[2], owner, &l[2]);
+    bind_i64(&par[3], &now);
+    MYSQL_STMT *st;
+    err = run(s, S_GROUP_INS, par, NULL, &st);
+    if (!err)
+        err = member_add(s, id, owner, now);
+    for (size_t i = 0; !err && i < n; i++)
+        err = member_add(s, id, members[i], now);
+    uint64_t count = 0;
+    if (!err && (err = member_count(s, id, &count)) == 0 && count > CHAT_GROUP_MAX)
+        err = CHAT_EINVAL;
+    return group_finish(s, err, id, out);
+}
+
+int chat_store_group_get(struct chat_store *s, const char *id, struct chat_group *out)
+{
+    int err = group_row(s, id, false, out);
+    if (err == 0)
+        err = group_members(s, out);
+    if (err)
+        chat_group_cleanup(out);
+    return err < 0 ? err : (err ? CHAT_EUNAVAIL : 0);
+}
+
+int chat_store_group_list(struct chat_store *s, const char *user, struct chat_group **out,
+                          size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    struct chat_group g;
+    memset(&g, 0, sizeof(g));
+    unsigned long ulen, ilen, nlen, olen;
+    uint64_t count = 0;
+    MYSQL_BIND par[1], res[5];
+    bind_str(&par[0], user, &ulen);
+    bind_out_str(&res[0], g.id, sizeof(g.id), &ilen, NULL);
+    bind_out_str(&res[1], g.name, sizeof(g.name), &nlen, NULL);
+    bind_out_str(&res[2], g.owner, sizeof(g.owner), &olen, NULL);
+    bind_i64(&res[3], &g.created_ts);
+    bind_u64(&res[4], &count);
+    MYSQL_STMT *st;
+    int err = run(s, S_GROUP_LIST, par, res, &st);
+    if (err)
+        return err < 0 ? err : CHAT_EUNAVAIL;
+    size_t rows = mysql_stmt_num_rows(st);
+    *out = chat_xcalloc(rows + 1, sizeof(**out));
+    int rc;
+    while (*n < rows && ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED)) {
+        struct chat_group *o = &(*out)[(*n)++];
+        *o = g;
+        o->id[ilen < sizeof(o->id) ? ilen : sizeof(o->id) - 1] = '\0';
+        o->name[nlen < sizeof(o->name) ? nlen : sizeof(o->name) - 1] = '\0';
+        o->owner[olen < sizeof(o->owner) ? olen : sizeof(o->owner) - 1] = '\0';
+        o->nmembers = (size_t)count;
+    }
+    mysql_stmt_free_result(st);
+    return 0;
+}
+
+int chat_store_group_change(struct chat_store *s, const char *id, const char *actor,
+                            const char *const *add, size_t nadd, const char *const *remove,
+                            size_t nremove, struct chat_group *out)
+{
+    memset(out, 0, sizeof(*out));
+    int err = begin(s);
+    if (err)
+        return err;
+    struct chat_group g;
+    bool is_member = false;
+    err = group_row(s, id, true, &g);
+    if (!err)
+        err = chat_store_group_member(s, id, actor, &is_member);
+    if (!err && !is_member)
+        err = CHAT_EFORBIDDEN;
+    bool owner = !err && strcmp(g.owner, actor) == 0;
+    if (!err && !owner && nadd > 0)
+        err = CHAT_EFORBIDDEN;
+    for (size_t i = 0; !err && i < nremove; i++) {
+        if (strcmp(remove[i], g.owner) == 0)
+            err = CHAT_ECONFLICT; /* a group always has its owner */
+        else if (!owner && strcmp(remove[i], actor) != 0)
+            err = CHAT_EFORBIDDEN;
+    }
+    int64_t now = chat_now_ms();
+    for (size_t i = 0; !err && i < nadd; i++)
+        err = member_add(s, id, add[i], now);
+    for (size_t i = 0; !err && i < nremove; i++) {
+        unsigned long l1, l2;
+        MYSQL_BIND par[2];
+        bind_str(&par[0], id, &l1);
+        bind_str(&par[1], remove[i], &l2);
+        MYSQL_STMT *st;
+        err = run(s, S_MEMBER_DEL, par, NULL, &st);
+    }
+    uint64_t count = 0;
+    if (!err && nadd && (err = member_count(s, id, &count)) == 0 && count > CHAT_GROUP_MAX)
+        err = CHAT_EINVAL;
+    return group_finish(s, err, id, out);
+}
+
+int chat_store_group_member(struct chat_store *s, const char *id, const char *user, bool *is_member)
+{
+    *is_member = false;
+    unsigned long l1, l2;
+    int64_t one = 0;
+    MYSQL_BIND par[2], res[1];
+    bind_str(&par[0], id, &l1);
+    bind_str(&par[1], user, &l2);
+    bind_i64(&res[0], &one);
+    MYSQL_STMT *st;
+    int err = run(s, S_IS_MEMBER, par, res, &st);
+    if (err)
+        return err < 0 ? err : CHAT_EUNAVAIL;
+    *is_member = mysql_stmt_fetch(st) == 0;
+    mysql_stmt_free_result(st);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Read state, conversations, history                                       */
+/* ------------------------------------------------------------------------ */
+
+struct conv_count {
+    char key[CHAT_CONV_KEY_MAX + 1];
+    uint64_t n;
+};
+
+static int read_once(struct chat_store *s, const char *user, uint64_t after, uint64_t up_to,
+                     const char *conv_key, int64_t now, struct chat_acked **read, size_t *nread,
+                     size_t *cap, bool *more)
+{
+    *more = false;
+    int err = begin(s);
+    if (err)
+        return err;
+    unsigned long ulen, klen;
+    MYSQL_BIND par[4];
+    bind_str(&par[0], user, &ulen);
+    bind_u64(&par[1], &after);
+    bind_u64(&par[2], &up_to);
+    if (conv_key)
+        bind_str(&par[3], conv_key, &klen);
+    uint64_t seq;
+    char mid[CHAT_MESSAGE_ID_LEN + 2], from[CHAT_USER_MAX + 2], key[CHAT_CONV_KEY_MAX + 2];
+    unsigned long mlen, flen, kl;
+    MYSQL_BIND res[4];
+    bind_u64(&res[0], &seq);
+    bind_out_str(&res[1], mid, sizeof(mid), &mlen, NULL);
+    bind_out_str(&res[2], from, sizeof(from), &flen, NULL);
+    bind_out_str(&res[3], key, sizeof(key), &kl, NULL);
+    MYSQL_STMT *st;
+    err = run(s, conv_key ? S_READ_SELECT_CONV : S_READ_SELECT, par, res, &st);
+    if (err)
+        goto fail;
+    size_t first = *nread, got = 0;
+    struct conv_count *counts = NULL;
+    size_t ncounts = 0;
+    while (mysql_stmt_fetch(st) == 0) {
+        if (*nread == *cap) {
+            *cap = *cap ? *cap * 2 : 16;
+            *read = chat_xrealloc(*read, *cap * sizeof(**read));
+        }
+        struct chat_acked *a = &(*read)[(*nread)++];
+        a->seq = seq;
+        copy_str(a->message_id, sizeof(a->message_id), mid, mlen);
+        copy_str(a->from, sizeof(a->from), from, flen);
+        key[kl < sizeof(key) ? kl : sizeof(key) - 1] = '\0';
+        size_t c = 0;
+        while (c < ncounts && strcmp(counts[c].key, key) != 0)
+            c++;
+        if (c == ncounts) {
+            counts = chat_xrealloc(counts, (ncounts + 1) * sizeof(*counts));
+            copy_str(counts[ncounts].key, sizeof(counts[0].key), key, strlen(key));
+            counts[ncounts++].n = 0;
+        }
+        counts[c].n++;
+        got++;
+    }
+    mysql_stmt_free_result(st);
+    for (size_t i = first; !err && i < *nread; i++) {
+        MYSQL_BIND up[4];
+        int64_t ts = now;
+        bind_i64(&up[0], &ts);
+        bind_i64(&up[1], &ts);
+        bind_str(&up[2], user, &ulen);
+        bind_u64(&up[3], &(*read)[i].seq);
+        err = run(s, S_READ_MARK, up, NULL, &st);
+    }
+    for (size_t c = 0; !err && c < ncounts; c++) {
+        MYSQL_BIND up[4];
+        unsigned long l1, l2;
+        bind_u64(&up[0], &counts[c].n);
+        bind_u64(&up[1], &counts[c].n);
+        bind_str(&up[2], user, &l1);
+        bind_str(&up[3], counts[c].key, &l2);
+        err = run(s, S_CONV_UNREAD, up, NULL, &st);
+    }
+    free(counts);
+    if (err)
+        goto fail;
+    err = commit(s);
+    if (err)
+        return err;
+    *more = got == 1000;
+    return 0;
+fail:
+    rollback(s);
+    return err;
+}
+
+int chat_store_read(struct chat_store *s, const char *user, uint64_t up_to, const char *conv_key,
+                    int64_t now_ms, struct chat_acked **read, size_t *nread)
+{
+    size_t cap = 0;
+    *read = NULL;
+    *nread = 0;
+    if (up_to == 0)
+        up_to = UINT64_MAX;
+    uint64_t after = 0;
+    bool more = true;
+    while (more) {
+        int err = read_once(s, user, after, up_to, conv_key, now_ms, read, nread, &cap, &more);
+        if (err) {
+            free(*read);
+            *read = NULL;
+            *nread = 0;
+            return err < 0 ? err : CHAT_EUNAVAIL;
+        }
+        if (*nread)
+            after = (*read)[*nread - 1].seq;
+    }
+    return 0;
+}
+
+void chat_conversations_free(struct chat_conversation *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        chat_item_cleanup(&v[i].last);
+    free(v);
+}
+
+int chat_store_conversations(struct chat_store *s, const char *user, unsigned limit,
+                             struct chat_conversation **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    uint64_t lim = limit < 1 ? 1 : (limit > 100 ? 100 : limit);
+    struct item_row r;
+    item_row_bind(&r);
+    char key[CHAT_CONV_KEY_MAX + 2], name[CHAT_NAME_MAX + 2];
+    unsigned long ulen, klen, nlen;
+    uint64_t unread = 0;
+    int64_t last_ts = 0;
+    my_bool name_null = 0;
+    MYSQL_BIND par[2], res[8];
+    bind_str(&par[0], user, &ulen);
+    bind_u64(&par[1], &lim);
+    bind_out_str(&res[0], key, sizeof(key), &klen, NULL);
+    bind_u64(&res[1], &unread);
+    bind_i64(&res[2], &last_ts);
+    res[3] = r.res[1]; /* message_id */
+    res[4] = r.res[2]; /* sender */
+    res[5] = r.res[4]; /* body */
+    res[6] = r.res[5]; /* ts */
+    bind_out_str(&res[7], name, sizeof(name), &nlen, &name_null);
+    MYSQL_STMT *st;
+    int err = run(s, S_CONV_LIST, par, res, &st);
+    if (err)
+        return err < 0 ? err : CHAT_EUNAVAIL;
+    size_t rows = mysql_stmt_num_rows(st);
+    *out = chat_xcalloc(rows + 1, sizeof(**out));
+    int rc;
+    while (*n < rows && ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED)) {
+        struct chat_conversation *c = &(*out)[(*n)++];
+        copy_str(c->conv_key, sizeof(c->conv_key), key, klen);
+        if (!name_null)
+            copy_str(c->name, sizeof(c->name), name, nlen);
+        c->unread = (unsigned)unread;
+        c->last_ts = last_ts;
+        copy_str(c->last.message_id, sizeof(c->last.message_id), r.message_id, r.mid_len);
+        copy_str(c->last.from, sizeof(c->last.from), r.from, r.from_len);
+        c->last.body = fetch_body(st, 5, r.body_len);
+        c->last.body_len = strlen(c->last.body);
+        c->last.ts = r.ts;
+    }
+    mysql_stmt_free_result(st);
+    return 0;
+}
+
+int chat_store_history(struct chat_store *s, const char *conv_key, const char *before_id,
+                       unsigned limit, struct chat_items *out)
+{
+    memset(out, 0, sizeof(*out));
+    uint64_t before = UINT64_MAX;
+    if (before_id) {
+        unsigned long idlen, klen;
+        char key[CHAT_CONV_KEY_MAX + 2];
+        MYSQL_BIND par[1], res[2];
+        bind_str(&par[0], before_id, &idlen);
+        bind_u64(&res[0], &before);
+        bind_out_str(&res[1], key, sizeof(key), &klen, NULL);
+        MYSQL_STMT *st;
+        int err = run(s, S_MSG_PK, par, res, &st);
+        if (err)
+            return err < 0 ? err : CHAT_EUNAVAIL;
+        int rc = mysql_stmt_fetch(st);
+        mysql_stmt_free_result(st);
+        key[klen < sizeof(key) ? klen : sizeof(key) - 1] = '\0';
+        if (rc != 0 || strcmp(key, conv_key) != 0)
+            return CHAT_ENOTFOUND;
+    }
+    uint64_t lim = (limit < 1 ? 1 : (limit > 100 ? 100 : limit)) + 1;
+    unsigned long klen;
+    MYSQL_BIND par[3];
+    bind_str(&par[0], conv_key, &klen);
+    bind_u64(&par[1], &before);
+    bind_u64(&par[2], &lim);
+    struct item_row r;
+    uint64_t pk;
+    MYSQL_BIND res[7];
+    msg_row_bind(&r, res, &pk);
+    MYSQL_STMT *st;
+    int err = run(s, S_HISTORY, par, res, &st);
+    if (err)
+        return err < 0 ? err : CHAT_EUNAVAIL;
+    out->v = chat_xcalloc(lim, sizeof(*out->v));
+    int rc;
+    while ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED) {
+        if (out->n == lim - 1) {
+            out->more = true;
+            break;
+        }
+        item_from_row(&out->v[out->n++], &r, st, 4);
+        out->v[out->n - 1].seq = 0;
+    }
+    mysql_stmt_free_result(st);
+    return 0;
 }
 
 static int ack_range_once(struct chat_store *s, const char *user, uint64_t after, uint64_t up_to,

@@ -22,43 +22,51 @@ enum auth_kind {
 
 struct route {
     const char *method;
-    const char *path; /* a trailing "{id}" segment matches one path segment */
+    const char *path; /* a "{id}" segment matches one path segment */
     enum auth_kind auth;
     api_handler handler;
 };
 
 static const struct route routes[] = {
-    {.method = "POST", .path = "/v1/messages", .auth = AUTH_BEARER, .handler = api_post_message},
-    {.method = "GET", .path = "/v1/messages/{id}", .auth = AUTH_BEARER, .handler = api_get_message},
-    {.method = "GET", .path = "/v1/inbox", .auth = AUTH_BEARER, .handler = api_get_inbox},
-    {.method = "POST", .path = "/v1/inbox/ack", .auth = AUTH_BEARER, .handler = api_post_inbox_ack},
-    {.method = "GET",
-     .path = "/v1/events",
-     .auth = AUTH_BEARER_OR_QUERY,
-     .handler = api_get_events},
-    {.method = "GET", .path = "/v1/poll", .auth = AUTH_BEARER_OR_QUERY, .handler = api_get_poll},
-    {.method = "GET", .path = "/healthz", .auth = AUTH_NONE, .handler = api_healthz},
-    {.method = "GET", .path = "/readyz", .auth = AUTH_NONE, .handler = api_readyz},
-    {.method = "GET", .path = "/metrics", .auth = AUTH_NONE, .handler = api_metrics},
+    {"POST", "/v1/messages", AUTH_BEARER, api_post_message},
+    {"GET", "/v1/messages/{id}", AUTH_BEARER, api_get_message},
+    {"GET", "/v1/inbox", AUTH_BEARER, api_get_inbox},
+    {"POST", "/v1/inbox/ack", AUTH_BEARER, api_post_inbox_ack},
+    {"POST", "/v1/inbox/read", AUTH_BEARER, api_post_inbox_read},
+    {"GET", "/v1/events", AUTH_BEARER_OR_QUERY, api_get_events},
+    {"GET", "/v1/poll", AUTH_BEARER_OR_QUERY, api_get_poll},
+    {"POST", "/v1/chats", AUTH_BEARER, api_post_chat},
+    {"GET", "/v1/chats", AUTH_BEARER, api_get_chats},
+    {"GET", "/v1/chats/{id}", AUTH_BEARER, api_get_chat},
+    {"POST", "/v1/chats/{id}/members", AUTH_BEARER, api_post_chat_members},
+    {"GET", "/v1/conversations", AUTH_BEARER, api_get_conversations},
+    {"GET", "/v1/conversations/{id}/messages", AUTH_BEARER, api_get_history},
+    {"GET", "/healthz", AUTH_NONE, api_healthz},
+    {"GET", "/readyz", AUTH_NONE, api_readyz},
+    {"GET", "/metrics", AUTH_NONE, api_metrics},
 };
 
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 
-/* Matches path against pattern; sets *param to the {id} segment. */
-static bool path_match(const char *pattern, const char *path, const char **param)
+/* Matches path against pattern; a "{id}" in the pattern matches one
+ * non-empty path segment, copied into param. */
+static bool path_match(const char *pattern, const char *path, char *param, size_t cap)
 {
     const char *brace = strstr(pattern, "{id}");
-    if (!brace) {
-        *param = NULL;
+    param[0] = '\0';
+    if (!brace)
         return strcmp(pattern, path) == 0;
-    }
     size_t plen = (size_t)(brace - pattern);
+    const char *suffix = brace + 4;
     if (strncmp(pattern, path, plen) != 0)
         return false;
     const char *seg = path + plen;
-    if (!*seg || strchr(seg, '/'))
+    const char *end = strchr(seg, '/');
+    size_t slen = end ? (size_t)(end - seg) : strlen(seg);
+    if (slen == 0 || slen >= cap || strcmp(seg + slen, suffix) != 0)
         return false;
-    *param = seg;
+    memcpy(param, seg, slen);
+    param[slen] = '\0';
     return true;
 }
 
@@ -195,13 +203,13 @@ void chat_api_handle(struct chat_api *api, struct chat_request *req, struct chat
     }
     const struct route *found = NULL;
     char allow[32] = "";
+    char param[CHAT_CONV_KEY_MAX + 1];
     for (size_t i = 0; i < NROUTES; i++) {
-        const char *param;
-        if (!path_match(routes[i].path, req->path, &param))
+        if (!path_match(routes[i].path, req->path, param, sizeof(param)))
             continue;
         if (strcmp(routes[i].method, req->method) == 0) {
             found = &routes[i];
-            c.param = param;
+            c.param = param[0] ? param : NULL;
             break;
         }
         size_t n = strlen(allow);

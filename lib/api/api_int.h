@@ -46,6 +46,16 @@ void api_get_events(struct api_ctx *c);
 void api_get_poll(struct api_ctx *c);
 void api_poll_resume(struct api_ctx *c);
 void api_poll_release(void *state);
+void api_post_inbox_read(struct api_ctx *c);
+void api_post_chat(struct api_ctx *c);
+void api_get_chats(struct api_ctx *c);
+void api_get_chat(struct api_ctx *c);
+void api_post_chat_members(struct api_ctx *c);
+void api_get_conversations(struct api_ctx *c);
+void api_get_history(struct api_ctx *c);
+/* "bob" or "chat:<id>" -> its conversation key, if the caller may see it;
+ * otherwise answers the error and returns it. */
+int api_conversation_key(struct api_ctx *c, const char *name, char key[CHAT_CONV_KEY_MAX + 1]);
 void api_healthz(struct api_ctx *c);
 void api_readyz(struct api_ctx *c);
 void api_metrics(struct api_ctx *c);

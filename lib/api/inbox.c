@@ -94,6 +94,45 @@ done:
     cJSON_Delete(root);
 }
 
+void api_post_inbox_read(struct api_ctx *c)
+{
+    cJSON *root = api_body_object(c);
+    if (!root)
+        return;
+    uint64_t up_to = 0;
+    int has_up_to = chat_json_u64(root, "up_to", &up_to);
+    const cJSON *conv = cJSON_GetObjectItemCaseSensitive(root, "conversation");
+    char key[CHAT_CONV_KEY_MAX + 1];
+    size_t n = 0;
+    int err;
+    if (has_up_to == CHAT_EINVAL) {
+        api_error(c, CHAT_EINVAL, "\"up_to\" must be a seq (a non-negative integer)");
+        goto done;
+    }
+    if (has_up_to != 0 && !conv) {
+        api_error(c, CHAT_EINVAL, "give \"up_to\", \"conversation\" or both");
+        goto done;
+    }
+    if (conv && (!cJSON_IsString(conv) || api_conversation_key(c, conv->valuestring, key) != 0)) {
+        if (!cJSON_IsString(conv))
+            api_error(c, CHAT_EINVAL, "\"conversation\" must be a user id or chat:<chat id>");
+        goto done;
+    }
+    if (has_up_to == 0 && up_to == 0)
+        goto answer; /* nothing is at or below seq 0 */
+    err = chat_delivery_read(c->api->d, c->user, has_up_to == 0 ? up_to : 0, conv ? key : NULL, &n);
+    if (err) {
+        api_error(c, err, NULL);
+        goto done;
+    }
+answer:;
+    cJSON *o = cJSON_CreateObject();
+    chat_json_add_int(o, "read", (int64_t)n);
+    api_json(c, 200, o);
+done:
+    cJSON_Delete(root);
+}
+
 void api_get_events(struct api_ctx *c)
 {
     if (!c->req->can_stream) {

@@ -15,7 +15,8 @@ static cJSON *message_json(const struct chat_item *it, const char *status)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "message_id", it->message_id);
     cJSON_AddStringToObject(o, "from", it->from);
-    cJSON_AddStringToObject(o, "to", it->to);
+    chat_json_add_str_or_null(o, "to", it->to);
+    chat_json_add_str_or_null(o, "chat", it->chat);
     cJSON_AddStringToObject(o, "body", it->body ? it->body : "");
     chat_json_add_int(o, "ts", it->ts);
     if (status)
@@ -23,9 +24,15 @@ static cJSON *message_json(const struct chat_item *it, const char *status)
     return o;
 }
 
-static const char *status_name(int status)
+/* The state of a message as a whole, for the answer to a repeated send:
+ * the least advanced of its recipients. */
+static int overall_status(const struct chat_recipient *r, size_t n)
 {
-    return status == CHAT_STATUS_PENDING ? "pending" : "delivered";
+    int status = CHAT_STATUS_READ;
+    for (size_t i = 0; i < n; i++)
+        if (r[i].status < status)
+            status = r[i].status;
+    return n ? status : CHAT_STATUS_PENDING;
 }
 
 void api_post_message(struct api_ctx *c)
@@ -47,18 +54,21 @@ void api_post_message(struct api_ctx *c)
         goto done;
     }
     if (chat) {
-        api_error(c, CHAT_ENOTFOUND, "no such chat");
-        goto done;
-    }
-    if (!cJSON_IsString(to) || !chat_user_valid(to->valuestring)) {
+        if (!cJSON_IsString(chat) || !chat_id_valid(chat->valuestring)) {
+            api_error(c, CHAT_ENOTFOUND, "no such chat");
+            goto done;
+        }
+        in.chat = chat->valuestring;
+    } else if (!cJSON_IsString(to) || !chat_user_valid(to->valuestring)) {
         api_error(c, CHAT_EINVAL, "\"to\" must be a user id: 1-64 characters of A-Za-z0-9_.@-");
         goto done;
+    } else {
+        in.to = to->valuestring;
     }
     if (!cJSON_IsString(body)) {
         api_error(c, CHAT_EINVAL, "\"body\" must be a string");
         goto done;
     }
-    in.to = to->valuestring;
     in.body = body->valuestring;
     in.body_len = strlen(body->valuestring);
     if (in.body_len == 0) {
@@ -87,12 +97,23 @@ void api_post_message(struct api_ctx *c)
         goto done;
     }
     err = chat_delivery_send(c->api->d, &in, &out);
-    if (err == CHAT_ECONFLICT) {
+    switch (err) {
+    case 0:
+        break;
+    case CHAT_ECONFLICT:
         api_error(c, err, "client_msg_id was already used for a different message");
         goto done;
-    }
-    if (err) {
-        api_error(c, err, err == CHAT_EUNAVAIL ? "the message store is unavailable" : NULL);
+    case CHAT_ENOTFOUND:
+        api_error(c, err, "no such chat");
+        goto done;
+    case CHAT_EFORBIDDEN:
+        api_error(c, err, "only members may post to a chat");
+        goto done;
+    case CHAT_EUNAVAIL:
+        api_error(c, err, "the message store is unavailable");
+        goto done;
+    default:
+        api_error(c, err, NULL);
         goto done;
     }
     if (out.created) {
@@ -100,17 +121,19 @@ void api_post_message(struct api_ctx *c)
     } else {
         /* A repeat: answer with the stored message and its state now. */
         struct chat_item msg;
-        struct chat_recipient rcpt;
+        struct chat_recipient *r;
+        size_t nr;
         chat_metric_inc(messages_duplicate);
-        err = chat_store_message(chat_store_local(cfg), out.item.message_id, &msg, &rcpt);
+        err = chat_store_message(chat_store_local(cfg), out.item.message_id, &msg, &r, &nr);
         if (err) {
             api_error(c, err, NULL);
         } else {
-            api_json(c, 200, message_json(&msg, status_name(rcpt.status)));
+            api_json(c, 200, message_json(&msg, chat_status_name(overall_status(r, nr))));
             chat_item_cleanup(&msg);
+            free(r);
         }
     }
-    chat_item_cleanup(&out.item);
+    chat_sent_cleanup(&out);
 done:
     cJSON_Delete(root);
 }
@@ -121,29 +144,50 @@ void api_get_message(struct api_ctx *c)
         api_error(c, CHAT_ENOTFOUND, "no such message");
         return;
     }
+    struct chat_store *st = chat_store_local(c->api->cfg);
     struct chat_item msg;
-    struct chat_recipient rcpt;
-    int err = chat_store_message(chat_store_local(c->api->cfg), c->param, &msg, &rcpt);
+    struct chat_recipient *r = NULL;
+    size_t nr = 0;
+    int err = chat_store_message(st, c->param, &msg, &r, &nr);
     if (err) {
         api_error(c, err, err == CHAT_ENOTFOUND ? "no such message" : NULL);
         return;
     }
-    if (strcmp(c->user, msg.from) != 0 && strcmp(c->user, msg.to) != 0) {
+    bool allowed = strcmp(c->user, msg.from) == 0 || strcmp(c->user, msg.to) == 0;
+    for (size_t i = 0; !allowed && i < nr; i++)
+        allowed = strcmp(c->user, r[i].user) == 0;
+    if (!allowed && msg.chat[0]) {
+        /* A member whose row is gone (policy delete) may still read it. */
+        bool member = false;
+        err = chat_store_group_member(st, msg.chat, c->user, &member);
+        if (err) {
+            api_error(c, err, NULL);
+            goto out;
+        }
+        allowed = member;
+    }
+    if (!allowed) {
         api_error(c, CHAT_EFORBIDDEN, "only the sender and the recipients may read a message");
-        chat_item_cleanup(&msg);
-        return;
+        goto out;
     }
     cJSON *o = message_json(&msg, NULL);
-    cJSON_AddNullToObject(o, "chat");
     cJSON *arr = cJSON_AddArrayToObject(o, "recipients");
-    cJSON *r = cJSON_CreateObject();
-    cJSON_AddStringToObject(r, "user", rcpt.user);
-    cJSON_AddStringToObject(r, "status", status_name(rcpt.status));
-    if (rcpt.delivered_ts)
-        chat_json_add_int(r, "delivered_ts", rcpt.delivered_ts);
-    else
-        cJSON_AddNullToObject(r, "delivered_ts");
-    cJSON_AddItemToArray(arr, r);
+    for (size_t i = 0; i < nr; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddStringToObject(e, "user", r[i].user);
+        cJSON_AddStringToObject(e, "status", chat_status_name(r[i].status));
+        if (r[i].delivered_ts)
+            chat_json_add_int(e, "delivered_ts", r[i].delivered_ts);
+        else
+            cJSON_AddNullToObject(e, "delivered_ts");
+        if (r[i].read_ts)
+            chat_json_add_int(e, "read_ts", r[i].read_ts);
+        else
+            cJSON_AddNullToObject(e, "read_ts");
+        cJSON_AddItemToArray(arr, e);
+    }
     api_json(c, 200, o);
+out:
     chat_item_cleanup(&msg);
+    free(r);
 }
