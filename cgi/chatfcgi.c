@@ -38,6 +38,8 @@ struct fcgi {
     pthread_mutex_t accept_lock;
     atomic_bool stopping;
     atomic_int polls; /* long-polls holding a worker now */
+    atomic_int busy;  /* requests being answered now */
+    bool inherited;   /* the listener is the web server's or systemd's */
 };
 
 /* One request in one worker thread. */
@@ -234,8 +236,18 @@ static void *worker(void *arg)
         pthread_mutex_unlock(&f->accept_lock);
         if (rc < 0)
             break;
-        handle(f, &fr);
+        atomic_fetch_add(&f->busy, 1);
+        if (atomic_load(&f->stopping)) {
+            /* Accepted after the stop began: the web server retries elsewhere. */
+            FCGX_PutS("Status: 503\r\nRetry-After: 1\r\nContent-Type: application/json; "
+                      "charset=utf-8\r\n\r\n{\"error\":{\"code\":\"backend_unavailable\","
+                      "\"message\":\"this process is stopping\"}}",
+                      fr.out);
+        } else {
+            handle(f, &fr);
+        }
         FCGX_Finish_r(&fr);
+        atomic_fetch_sub(&f->busy, 1);
     }
     FCGX_Free(&fr, 1);
     return NULL;
@@ -248,8 +260,15 @@ static void *worker(void *arg)
 /* A unix socket path, or 127.x.x.x:port; never every interface. */
 static int open_listener(const char *spec, char *err, size_t errlen)
 {
-    if (!spec[0])
-        return 0; /* inherited on descriptor 0 */
+    if (!spec[0]) {
+        /* Inherited on descriptor 0 (spawned by the web server, systemd). */
+        struct stat stt;
+        if (fstat(0, &stt) != 0 || !S_ISSOCK(stt.st_mode)) {
+            snprintf(err, errlen, "[fcgi] listen is empty but descriptor 0 is not a socket");
+            return -1;
+        }
+        return 0;
+    }
     int fd;
     if (spec[0] == '/') {
         struct sockaddr_un un = {.sun_family = AF_UNIX};
@@ -343,6 +362,7 @@ int main(int argc, char **argv)
         chat_xasprintf("%s/fcgi-%d", f.cfg.node_id[0] ? f.cfg.node_id : host, (int)getpid());
     free(f.cfg.node_id);
     f.cfg.node_id = node_id;
+    f.inherited = !f.cfg.fcgi_listen[0];
     f.listen_fd = open_listener(f.cfg.fcgi_listen, err, sizeof(err));
     if (f.listen_fd < 0) {
         fprintf(stderr, "chat.fcgi: %s: %s\n", path, err);
@@ -379,7 +399,16 @@ int main(int argc, char **argv)
     sigwait(&sigs, &sig);
     chat_info("signal %d: shutting down", sig);
     atomic_store(&f.stopping, true);
-    chat_delivery_stop(f.delivery);   /* answers every held long-poll */
+    chat_delivery_stop(f.delivery); /* answers every held long-poll */
+    if (f.inherited) {
+        /* The listening socket is not ours to shut down: another process
+         * (the next chat.fcgi) accepts on it after us. Finish what is in
+         * progress, then leave; the threads waiting in accept end with us. */
+        for (int i = 0; i < 200 && atomic_load(&f.busy) > 0; i++)
+            usleep(50 * 1000);
+        chat_config_cleanup(&f.cfg);
+        _exit(0);
+    }
     shutdown(f.listen_fd, SHUT_RDWR); /* ends the accepts */
     for (int i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
