@@ -38,6 +38,7 @@ static const char *const kind_names[] = {
     [CHAT_CHANNEL_USER] = "user",
     [CHAT_CHANNEL_ACK] = "ack",
     [CHAT_CHANNEL_CHAT] = "chat",
+    [CHAT_KEY_PRESENCE] = "presence",
 };
 
 int chat_channel_name(char *out, size_t n, const char *prefix, enum chat_channel_kind kind,
@@ -58,7 +59,7 @@ int chat_channel_parse(const char *name, const char *prefix, enum chat_channel_k
             return -1;
         name += plen + 1;
     }
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 4; k++) {
         size_t klen = strlen(kind_names[k]);
         if (strncmp(name, kind_names[k], klen) == 0 && name[klen] == ':' && name[klen + 1]) {
             *kind = (enum chat_channel_kind)k;
@@ -73,13 +74,28 @@ int chat_channel_parse(const char *name, const char *prefix, enum chat_channel_k
 /* State                                                                    */
 /* ------------------------------------------------------------------------ */
 
+/* A publish, or (argc > 0) any other command, waiting to be sent. */
 struct pub_msg {
     struct pub_msg *next;
     struct chat_bus *bus;
     char channel[CHAT_CHANNEL_MAX];
+    int argc;
+    char **argv;
+    size_t *argvlen;
     size_t len;
     char payload[]; /* len bytes */
 };
+
+static void pub_msg_free(struct pub_msg *m)
+{
+    if (!m)
+        return;
+    for (int i = 0; i < m->argc; i++)
+        free(m->argv[i]);
+    free(m->argv);
+    free(m->argvlen);
+    free(m);
+}
 
 enum chan_state { CHAN_IDLE, CHAN_SUBSCRIBING, CHAN_SUBSCRIBED, CHAN_UNSUBSCRIBING };
 
@@ -94,7 +110,7 @@ struct chan {
     UT_hash_handle hh;
 };
 
-enum cmd_type { CMD_REF, CMD_UNREF, CMD_PUBLISH, CMD_STOP };
+enum cmd_type { CMD_REF, CMD_UNREF, CMD_PUBLISH, CMD_COMMAND, CMD_STOP };
 
 struct cmd {
     struct cmd *next;
@@ -147,7 +163,7 @@ static void backlog_push(struct chat_bus *bus, struct pub_msg *m)
 {
     if (bus->backlog_len >= BACKLOG_MAX) {
         chat_metric_inc(bus_publish_dropped);
-        free(m);
+        pub_msg_free(m);
         return;
     }
     m->next = NULL;
@@ -167,11 +183,11 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
             return;
         }
     } else if (reply->type == REDIS_REPLY_ERROR) {
-        chat_warn("redis: PUBLISH %s: %s", m->channel, reply->str);
-    } else {
+        chat_warn("redis: %s %s: %s", m->argc ? m->argv[0] : "PUBLISH", m->channel, reply->str);
+    } else if (!m->argc) {
         chat_metric_inc(bus_published);
     }
-    free(m);
+    pub_msg_free(m);
 }
 
 static void send_publish(struct chat_bus *bus, struct pub_msg *m)
@@ -442,6 +458,10 @@ static void run_cmd(struct chat_bus *bus, struct cmd *cmd)
     case CMD_UNREF:
         do_unref(bus, cmd->channel);
         break;
+    case CMD_COMMAND:
+        send_publish(bus, cmd->msg);
+        cmd->msg = NULL;
+        break;
     case CMD_PUBLISH: {
         struct chan *after = cmd->after[0] ? chan_get(bus, cmd->after, false) : NULL;
         if (after && after->state == CHAN_SUBSCRIBING && bus->sub.up) {
@@ -459,7 +479,7 @@ static void run_cmd(struct chat_bus *bus, struct cmd *cmd)
         event_base_loopbreak(bus->base);
         break;
     }
-    free(cmd->msg);
+    pub_msg_free(cmd->msg);
     free(cmd);
 }
 
@@ -482,7 +502,7 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     }
     while (cmd) {
         struct cmd *next = cmd->next;
-        free(cmd->msg);
+        pub_msg_free(cmd->msg);
         free(cmd);
         cmd = next;
     }
@@ -596,7 +616,7 @@ void chat_bus_free(struct chat_bus *bus)
         struct pub_msg *m = c->deferred;
         while (m) {
             struct pub_msg *next = m->next;
-            free(m);
+            pub_msg_free(m);
             m = next;
         }
         free(c);
@@ -604,13 +624,13 @@ void chat_bus_free(struct chat_bus *bus)
     struct pub_msg *m = bus->backlog;
     while (m) {
         struct pub_msg *next = m->next;
-        free(m);
+        pub_msg_free(m);
         m = next;
     }
     struct cmd *cmd = bus->cmds;
     while (cmd) {
         struct cmd *next = cmd->next;
-        free(cmd->msg);
+        pub_msg_free(cmd->msg);
         free(cmd);
         cmd = next;
     }
@@ -667,14 +687,170 @@ void chat_bus_publish(struct chat_bus *bus, enum chat_channel_kind kind, const c
     if (after_id && chat_channel_name(cmd->after, sizeof(cmd->after), bus->cfg->channel_prefix,
                                       after_kind, after_id) < 0)
         cmd->after[0] = '\0';
-    struct pub_msg *m = chat_xmalloc(sizeof(*m) + len);
-    m->next = NULL;
+    struct pub_msg *m = chat_xcalloc(1, sizeof(*m) + len);
     m->bus = bus;
     memcpy(m->channel, cmd->channel, sizeof(m->channel));
     m->len = len;
     memcpy(m->payload, payload, len);
     cmd->msg = m;
     enqueue(bus, cmd);
+}
+
+void chat_bus_command(struct chat_bus *bus, int argc, const char **argv)
+{
+    struct cmd *cmd = chat_xcalloc(1, sizeof(*cmd));
+    cmd->type = CMD_COMMAND;
+    struct pub_msg *m = chat_xcalloc(1, sizeof(*m));
+    m->bus = bus;
+    snprintf(m->channel, sizeof(m->channel), "%s", argc > 1 ? argv[1] : "");
+    m->argc = argc;
+    m->argv = chat_xcalloc((size_t)argc, sizeof(*m->argv));
+    m->argvlen = chat_xcalloc((size_t)argc, sizeof(*m->argvlen));
+    for (int i = 0; i < argc; i++) {
+        m->argv[i] = chat_xstrdup(argv[i]);
+        m->argvlen[i] = strlen(argv[i]);
+    }
+    cmd->msg = m;
+    enqueue(bus, cmd);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Presence: a synchronous connection per calling thread                    */
+/* ------------------------------------------------------------------------ */
+
+static pthread_key_t sync_key;
+static pthread_once_t sync_once = PTHREAD_ONCE_INIT;
+
+static void sync_free(void *p)
+{
+    redisFree(p);
+}
+
+static void sync_init(void)
+{
+    pthread_key_create(&sync_key, sync_free);
+}
+
+/* This thread's connection, or NULL (logged) when Redis does not answer. */
+static redisContext *sync_ctx(struct chat_bus *bus)
+{
+    pthread_once(&sync_once, sync_init);
+    redisContext *c = pthread_getspecific(sync_key);
+    if (c)
+        return c;
+    struct timeval tv = {1, 0};
+    c = redisConnectWithTimeout(bus->cfg->redis_host, bus->cfg->redis_port, tv);
+    if (!c || c->err) {
+        chat_warn("redis: presence: %s", c ? c->errstr : "out of memory");
+        redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    if (bus->cfg->redis_password[0]) {
+        redisReply *r = redisCommand(c, "AUTH %s", bus->cfg->redis_password);
+        bool ok = r && r->type != REDIS_REPLY_ERROR;
+        freeReplyObject(r);
+        if (!ok) {
+            redisFree(c);
+            return NULL;
+        }
+    }
+    pthread_setspecific(sync_key, c);
+    return c;
+}
+
+/* Drops this thread's connection after an error, so the next call reconnects. */
+static int sync_fail(void)
+{
+    redisContext *c = pthread_getspecific(sync_key);
+    if (c) {
+        redisFree(c);
+        pthread_setspecific(sync_key, NULL);
+    }
+    return CHAT_EUNAVAIL;
+}
+
+static int presence_key(struct chat_bus *bus, const char *user, char key[CHAT_CHANNEL_MAX])
+{
+    return chat_channel_name(key, CHAT_CHANNEL_MAX, bus->cfg->channel_prefix, CHAT_KEY_PRESENCE,
+                             user) < 0
+               ? CHAT_EINVAL
+               : 0;
+}
+
+int chat_bus_presence_join(struct chat_bus *bus, const char *user, const char *node,
+                           int64_t expiry_ms, int64_t ttl_ms)
+{
+    char key[CHAT_CHANNEL_MAX];
+    redisContext *c = sync_ctx(bus);
+    if (!c || presence_key(bus, user, key))
+        return CHAT_EUNAVAIL;
+    redisAppendCommand(c, "ZADD %s %lld %s", key, (long long)expiry_ms, node);
+    redisAppendCommand(c, "PEXPIRE %s %lld", key, (long long)ttl_ms);
+    for (int i = 0; i < 2; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(c, (void **)&r) != REDIS_OK || !r || r->type == REDIS_REPLY_ERROR) {
+            freeReplyObject(r);
+            return sync_fail();
+        }
+        freeReplyObject(r);
+    }
+    return 0;
+}
+
+int chat_bus_presence_leave(struct chat_bus *bus, const char *user, const char *node,
+                            int64_t now_ms, bool *others)
+{
+    char key[CHAT_CHANNEL_MAX];
+    *others = false;
+    redisContext *c = sync_ctx(bus);
+    if (!c || presence_key(bus, user, key))
+        return CHAT_EUNAVAIL;
+    redisAppendCommand(c, "ZREM %s %s", key, node);
+    redisAppendCommand(c, "ZCOUNT %s %lld +inf", key, (long long)now_ms);
+    for (int i = 0; i < 2; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(c, (void **)&r) != REDIS_OK || !r || r->type == REDIS_REPLY_ERROR) {
+            freeReplyObject(r);
+            return sync_fail();
+        }
+        if (i == 1)
+            *others = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+        freeReplyObject(r);
+    }
+    return 0;
+}
+
+int chat_bus_presence_get(struct chat_bus *bus, const char *const *users, size_t n,
+                          const char *node, int64_t now_ms, unsigned char *state)
+{
+    redisContext *c = sync_ctx(bus);
+    if (!c)
+        return CHAT_EUNAVAIL;
+    for (size_t i = 0; i < n; i++) {
+        char key[CHAT_CHANNEL_MAX];
+        if (presence_key(bus, users[i], key))
+            snprintf(key, sizeof(key), "-");
+        redisAppendCommand(c, "ZRANGEBYSCORE %s %lld +inf LIMIT 0 2", key, (long long)now_ms);
+    }
+    int err = 0;
+    for (size_t i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(c, (void **)&r) != REDIS_OK || !r) {
+            freeReplyObject(r);
+            return sync_fail(); /* the rest of the replies are lost with the link */
+        }
+        state[i] = 0;
+        if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
+            bool only_me = r->elements == 1 && r->element[0]->type == REDIS_REPLY_STRING &&
+                           strcmp(r->element[0]->str, node) == 0;
+            state[i] = only_me ? 1 : 2;
+        } else if (r->type == REDIS_REPLY_ERROR) {
+            err = CHAT_EUNAVAIL;
+        }
+        freeReplyObject(r);
+    }
+    return err;
 }
 
 bool chat_bus_up(const struct chat_bus *bus)

@@ -15,13 +15,15 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 
 enum chat_channel_kind {
     CHAT_CHANNEL_USER, /* <prefix>:user:<id>  new messages for a recipient */
     CHAT_CHANNEL_ACK,  /* <prefix>:ack:<id>   delivery ACKs for a sender */
-    CHAT_CHANNEL_CHAT  /* <prefix>:chat:<id>  a group */
+    CHAT_CHANNEL_CHAT, /* <prefix>:chat:<id>  a group */
+    CHAT_KEY_PRESENCE  /* <prefix>:presence:<id>  a sorted set: node -> expiry ms */
 };
 
 #define CHAT_CHANNEL_MAX 256
@@ -70,6 +72,25 @@ void chat_bus_unref(struct chat_bus *bus, enum chat_channel_kind kind, const cha
 void chat_bus_publish(struct chat_bus *bus, enum chat_channel_kind kind, const char *id,
                       const char *payload, size_t len, enum chat_channel_kind after_kind,
                       const char *after_id);
+
+/* Sends a command on the publisher link without waiting for its reply
+ * (argv is copied; kept in the backlog while Redis is down). Any thread. */
+void chat_bus_command(struct chat_bus *bus, int argc, const char **argv);
+
+/* ---- presence, on a synchronous connection of the calling thread ---- */
+
+/* Marks user present on node until expiry_ms (and the key for ttl_ms).
+ * 0 or CHAT_EUNAVAIL. */
+int chat_bus_presence_join(struct chat_bus *bus, const char *user, const char *node,
+                           int64_t expiry_ms, int64_t ttl_ms);
+/* Removes node from user's presence; *others tells whether another node
+ * still holds the user. 0 or CHAT_EUNAVAIL. */
+int chat_bus_presence_leave(struct chat_bus *bus, const char *user, const char *node,
+                            int64_t now_ms, bool *others);
+/* For each user: 0 offline, 1 online on node only, 2 online elsewhere too.
+ * 0 or CHAT_EUNAVAIL. */
+int chat_bus_presence_get(struct chat_bus *bus, const char *const *users, size_t n,
+                          const char *node, int64_t now_ms, unsigned char *state);
 
 /* Whether each link is up now. Any thread. */
 bool chat_bus_up(const struct chat_bus *bus);

@@ -94,6 +94,22 @@ static const struct key keys[] = {
      "Messages per second a user may send through this node; 0 for no limit."},
     {"delivery", "send_burst", KEY_INT, OFF(send_burst), "100", 1, 1000000,
      "Messages a user may send at once before send_rate applies."},
+    {"delivery", "max_streams_per_user", KEY_INT, OFF(max_streams_per_user), "10", 1, 1000,
+     "SSE streams and long-polls one user may hold open on this node; more get 429."},
+    {"delivery", "presence_ttl", KEY_INT, OFF(presence_ttl), "30", 3, 3600,
+     "Seconds a user stays online in Redis after the last refresh by the node holding their "
+     "stream; nodes refresh every third of it."},
+    {"push", "url", KEY_STR, OFF(push_url), "", 0, 1024,
+     "The push hook: an http(s) URL that gets a POST for each message still PENDING "
+     "push_after seconds after it was stored; empty turns it off."},
+    {"push", "after", KEY_INT, OFF(push_after), "30", 0, 86400,
+     "Seconds a message stays PENDING before the push hook is called."},
+    {"push", "preview_bytes", KEY_INT, OFF(push_preview_bytes), "100", 0, 4096,
+     "Bytes of the body sent as the preview (cut on a UTF-8 boundary); 0 sends none."},
+    {"push", "timeout_ms", KEY_INT, OFF(push_timeout_ms), "5000", 100, 60000,
+     "Time allowed for one POST to the hook."},
+    {"push", "max_attempts", KEY_INT, OFF(push_max_attempts), "8", 1, 100,
+     "Posts tried for one message before giving up (backoff doubles from 1 s to 5 min)."},
     {"fcgi", "listen", KEY_STR, OFF(fcgi_listen), "127.0.0.1:9000", 0, 1024,
      "chat.fcgi only: a unix socket path, or 127.0.0.1:<port> (loopback only); empty means "
      "the socket on descriptor 0 (spawned by the web server, or systemd socket activation)."},

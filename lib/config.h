@@ -54,6 +54,14 @@ struct chat_config {
     int stream_buffer_bytes;
     int send_rate;
     int send_burst;
+    int max_streams_per_user;
+    int presence_ttl;
+    /* [push] */
+    char *push_url;
+    int push_after;
+    int push_preview_bytes;
+    int push_timeout_ms;
+    int push_max_attempts;
     /* [fcgi] */
     char *fcgi_listen;
     int fcgi_threads;

@@ -16,6 +16,7 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "push.h"
 #include "sse.h"
 
 #undef uthash_fatal
@@ -25,7 +26,7 @@
 /* Events: one SSE frame shared by every local stream of a user             */
 /* ------------------------------------------------------------------------ */
 
-enum event_kind { EV_MESSAGE, EV_RECEIPT };
+enum event_kind { EV_MESSAGE, EV_RECEIPT, EV_PRESENCE };
 
 struct event {
     atomic_int refs;
@@ -104,6 +105,7 @@ struct user_entry {
     char user[CHAT_USER_MAX + 1];
     struct chat_stream *streams;
     struct chat_waiter *waiters;
+    int held; /* streams + waiters */
     UT_hash_handle hh;
 };
 
@@ -136,6 +138,8 @@ struct chat_delivery {
 
     pthread_t ack_thread;
     bool ack_started;
+    struct chat_pusher *pusher;
+    int64_t next_presence_ms; /* bus thread */
     pthread_mutex_t ack_lock;
     pthread_cond_t ack_cond;
     struct ack_job *acks, **acks_tail;
@@ -159,13 +163,17 @@ static struct user_entry *entry_get(struct chat_delivery *d, const char *user, b
     return e;
 }
 
-/* Hub lock held. Drops the entry once it holds nothing. */
-static void entry_release(struct chat_delivery *d, struct user_entry *e)
+/* Hub lock held. Drops the entry once it holds nothing; returns true then
+ * (the user just went away from this node). */
+static bool entry_release(struct chat_delivery *d, struct user_entry *e)
 {
+    e->held--;
     if (!e->streams && !e->waiters) {
         HASH_DEL(d->users, e);
         free(e);
+        return true;
     }
+    return false;
 }
 
 /* Stream lock held. Wakes the door if it parked. */
@@ -340,8 +348,35 @@ static void ack_enqueue(struct chat_delivery *d, const char *user, uint64_t seq)
     pthread_mutex_unlock(&d->ack_lock);
 }
 
+/* A contact came or went: a presence event for user's streams. */
+static void on_presence(struct chat_delivery *d, const char *user, cJSON *root)
+{
+    const char *who = chat_json_string(root, "user");
+    uint64_t ts;
+    if (!who || !chat_user_valid(who) || chat_json_u64(root, "ts", &ts) != 0)
+        return;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "user", who);
+    cJSON_AddBoolToObject(o, "online",
+                          cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "online")));
+    chat_json_add_int(o, "ts", (int64_t)ts);
+    char *data = chat_json_print(o);
+    cJSON_Delete(o);
+    struct chat_buf b = {0};
+    chat_sse_event(&b, "presence", NULL, data, strlen(data));
+    free(data);
+    struct event *ev = event_new(EV_PRESENCE, b.data, b.len);
+    chat_buf_cleanup(&b);
+    fan_out(d, user, ev);
+}
+
 static void on_user_message(struct chat_delivery *d, const char *user, cJSON *root)
 {
+    const char *t = chat_json_string(root, "t");
+    if (t && strcmp(t, "presence") == 0) {
+        on_presence(d, user, root);
+        return;
+    }
     cJSON *jit = cJSON_GetObjectItemCaseSensitive(root, "item");
     const char *origin = chat_json_string(root, "origin");
     uint64_t seq;
@@ -378,11 +413,14 @@ static void on_ack_message(struct chat_delivery *d, const char *sender, cJSON *r
     bool applied = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "applied"));
     const char *status = chat_json_string(root, "status");
     bool read = status && strcmp(status, "read") == 0;
+    /* A node that applies an ACK itself forgets the message's timer itself;
+     * an ACK from elsewhere that was applied there stops ours. */
     if (strcmp(origin, d->node_id) == 0) {
-        pending_forget(d, mid);
-        /* Step 5: the node that stored the message applies its ACK. */
-        if (!applied)
+        if (!applied) {
+            /* Step 5: the node that stored the message applies its ACK. */
+            pending_forget(d, mid);
             ack_enqueue(d, rcpt, seq);
+        }
     } else if (applied) {
         pending_forget(d, mid);
     }
@@ -452,11 +490,27 @@ static void bus_on_tick(void *ctx)
         free(p);
     }
 
+    /* Presence: every third of the TTL, each local user is refreshed. */
+    int64_t wall = chat_now_ms(), ttl = (int64_t)d->cfg->presence_ttl * 1000;
+    bool refresh = now >= d->next_presence_ms;
+    if (refresh)
+        d->next_presence_ms = now + ttl / 3;
+
     /* Keepalives and long-poll deadlines. */
     int64_t ka = (int64_t)d->cfg->keepalive * 1000;
     pthread_mutex_lock(&d->hub_lock);
     struct user_entry *e, *etmp;
     HASH_ITER (hh, d->users, e, etmp) {
+        if (refresh) {
+            char key[CHAT_CHANNEL_MAX], score[24], ms[24];
+            chat_channel_name(key, sizeof(key), d->cfg->channel_prefix, CHAT_KEY_PRESENCE, e->user);
+            snprintf(score, sizeof(score), "%lld", (long long)(wall + ttl));
+            snprintf(ms, sizeof(ms), "%lld", (long long)ttl);
+            const char *zadd[] = {"ZADD", key, score, d->node_id};
+            const char *pexpire[] = {"PEXPIRE", key, ms};
+            chat_bus_command(d->bus, 4, zadd);
+            chat_bus_command(d->bus, 3, pexpire);
+        }
         for (struct chat_stream *s = e->streams; s; s = s->next) {
             if (now - atomic_load(&s->last_write_ms) < ka - 500)
                 continue;
@@ -548,6 +602,7 @@ int chat_delivery_start(struct chat_delivery *d)
     if (pthread_create(&d->ack_thread, NULL, ack_main, d) != 0)
         return CHAT_EINTERNAL;
     d->ack_started = true;
+    d->pusher = chat_pusher_start(d->cfg);
     return chat_bus_start(d->bus);
 }
 
@@ -575,6 +630,7 @@ void chat_delivery_free(struct chat_delivery *d)
     if (!d)
         return;
     chat_delivery_stop(d);
+    chat_pusher_stop(d->pusher);
     chat_bus_free(d->bus);
     if (d->ack_started) {
         pthread_mutex_lock(&d->ack_lock);
@@ -639,20 +695,36 @@ int chat_delivery_send(struct chat_delivery *d, const struct chat_send *in, stru
     pthread_mutex_unlock(&d->pending_lock);
     chat_bus_ref(d->bus, CHAT_CHANNEL_ACK, in->from);
 
-    /* One publish per recipient, on its own channel, with its own seq:
-     * membership is the one the send transaction saw. */
+    /* One message per recipient, with its own seq (membership is the one the
+     * send transaction saw): nothing for a recipient who is offline (the row
+     * waits for replay), a local hand-over for one held only here, a publish
+     * on their channel otherwise, or for everyone when presence is unknown. */
+    const char **users = chat_xcalloc(out->ntargets + 1, sizeof(*users));
+    unsigned char *where = chat_xcalloc(out->ntargets + 1, 1);
+    for (size_t i = 0; i < out->ntargets; i++)
+        users[i] = out->targets[i].user;
+    if (chat_bus_presence_get(d->bus, users, out->ntargets, d->node_id, chat_now_ms(), where))
+        memset(where, 2, out->ntargets);
     for (size_t i = 0; i < out->ntargets; i++) {
+        if (where[i] == 0)
+            continue;
         out->item.seq = out->targets[i].seq;
         cJSON *root = cJSON_CreateObject();
         cJSON_AddStringToObject(root, "t", "msg");
         cJSON_AddStringToObject(root, "origin", d->node_id);
         cJSON_AddItemToObject(root, "item", chat_item_json(&out->item));
-        char *payload = chat_json_print(root);
+        if (where[i] == 1) {
+            on_user_message(d, users[i], root);
+        } else {
+            char *payload = chat_json_print(root);
+            chat_bus_publish(d->bus, CHAT_CHANNEL_USER, users[i], payload, strlen(payload),
+                             CHAT_CHANNEL_ACK, in->from);
+            free(payload);
+        }
         cJSON_Delete(root);
-        chat_bus_publish(d->bus, CHAT_CHANNEL_USER, out->targets[i].user, payload, strlen(payload),
-                         CHAT_CHANNEL_ACK, in->from);
-        free(payload);
     }
+    free(users);
+    free(where);
     out->item.seq = in->to && out->ntargets ? out->targets[0].seq : 0;
     return 0;
 }
@@ -669,9 +741,11 @@ static void apply_written_range(struct chat_delivery *d, struct chat_store *st, 
     if (chat_store_ack_range(st, user, after, up_to, d->cfg->ack_policy, chat_now_ms(), &acked,
                              &n) != 0)
         return; /* left PENDING: replayed again later */
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        pending_forget(d, acked[i].message_id);
         publish_ack(d, d->node_id, acked[i].message_id, acked[i].from, user, acked[i].seq, true,
                     "delivered");
+    }
     free(acked);
 }
 
@@ -687,9 +761,11 @@ int chat_delivery_device_ack(struct chat_delivery *d, const char *user, const ui
                                     &na);
     if (err)
         return err;
-    for (size_t i = 0; i < na; i++)
+    for (size_t i = 0; i < na; i++) {
+        pending_forget(d, acked[i].message_id);
         publish_ack(d, d->node_id, acked[i].message_id, acked[i].from, user, acked[i].seq, true,
                     "delivered");
+    }
     free(acked);
     *count = na;
     return 0;
@@ -710,6 +786,70 @@ int chat_delivery_read(struct chat_delivery *d, const char *user, uint64_t up_to
     free(read);
     *count = n;
     return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Presence                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Tells the user's contacts, through their own channels, that user came or
+ * went. */
+static void announce(struct chat_delivery *d, const char *user, bool online)
+{
+    char(*contacts)[CHAT_USER_MAX + 1] = NULL;
+    size_t n = 0;
+    if (chat_store_contacts(chat_store_local(d->cfg), user, &contacts, &n) != 0)
+        return;
+    char buf[256];
+    int len =
+        snprintf(buf, sizeof(buf), "{\"t\":\"presence\",\"user\":\"%s\",\"online\":%s,\"ts\":%lld}",
+                 user, online ? "true" : "false", (long long)chat_now_ms());
+    for (size_t i = 0; i < n && len > 0 && (size_t)len < sizeof(buf); i++)
+        chat_bus_publish(d->bus, CHAT_CHANNEL_USER, contacts[i], buf, (size_t)len,
+                         CHAT_CHANNEL_USER, NULL);
+    free(contacts);
+}
+
+/* The first stream or long-poll of user on this node. The presence write is
+ * synchronous and comes before the stream's first read of MySQL: a sender
+ * that saw the user offline (and skipped the publish) committed before it,
+ * so that read finds the row. */
+static void user_arrived(struct chat_delivery *d, const char *user)
+{
+    int64_t now = chat_now_ms(), ttl = (int64_t)d->cfg->presence_ttl * 1000;
+    unsigned char before = 0;
+    const char *users[1] = {user};
+    if (chat_bus_presence_get(d->bus, users, 1, d->node_id, now, &before) != 0)
+        before = 2; /* unknown: do not announce */
+    if (chat_bus_presence_join(d->bus, user, d->node_id, now + ttl, ttl) == 0 && before == 0)
+        announce(d, user, true);
+}
+
+static void user_left(struct chat_delivery *d, const char *user)
+{
+    bool others = true;
+    if (chat_bus_presence_leave(d->bus, user, d->node_id, chat_now_ms(), &others) == 0 && !others)
+        announce(d, user, false);
+}
+
+int chat_delivery_presence(struct chat_delivery *d, const char *const *users, size_t n,
+                           bool *online)
+{
+    unsigned char *state = chat_xcalloc(n + 1, 1);
+    int err = chat_bus_presence_get(d->bus, users, n, d->node_id, chat_now_ms(), state);
+    for (size_t i = 0; i < n; i++)
+        online[i] = state[i] != 0;
+    free(state);
+    return err;
+}
+
+bool chat_delivery_user_full(struct chat_delivery *d, const char *user)
+{
+    pthread_mutex_lock(&d->hub_lock);
+    struct user_entry *e = entry_get(d, user, false);
+    bool full = e && e->held >= d->cfg->max_streams_per_user;
+    pthread_mutex_unlock(&d->hub_lock);
+    return full;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -741,10 +881,13 @@ struct chat_stream *chat_stream_open(struct chat_delivery *d, const char *user, 
     if (e->streams)
         e->streams->prev = s;
     e->streams = s;
+    bool first = e->held++ == 0;
     pthread_mutex_unlock(&d->hub_lock);
     chat_bus_ref(d->bus, CHAT_CHANNEL_USER, user);
     chat_bus_ref(d->bus, CHAT_CHANNEL_ACK, user); /* receipts for this user as a sender */
     chat_metric_inc(streams_open);
+    if (first)
+        user_arrived(d, user);
     return s;
 }
 
@@ -770,6 +913,7 @@ void chat_stream_close(struct chat_stream *s)
     if (!s)
         return;
     struct chat_delivery *d = s->d;
+    bool gone = false;
     pthread_mutex_lock(&d->hub_lock);
     struct user_entry *e = entry_get(d, s->user, false);
     if (e) {
@@ -779,9 +923,11 @@ void chat_stream_close(struct chat_stream *s)
             e->streams = s->next;
         if (s->next)
             s->next->prev = s->prev;
-        entry_release(d, e);
+        gone = entry_release(d, e);
     }
     pthread_mutex_unlock(&d->hub_lock);
+    if (gone)
+        user_left(d, s->user);
     chat_bus_unref(d->bus, CHAT_CHANNEL_USER, s->user);
     chat_bus_unref(d->bus, CHAT_CHANNEL_ACK, s->user);
     for (size_t i = 0; i < s->qn; i++)
@@ -857,8 +1003,17 @@ static void stream_take_message(struct chat_stream *s, struct event *ev)
     chat_buf_append(&s->out, ev->frame, ev->len);
     s->last_seq = ev->seq;
     chat_metric_inc(events_delivered);
-    if (d->cfg->mode == CHAT_MODE_SERVER)
+    if (d->cfg->mode != CHAT_MODE_SERVER)
+        return;
+    if (strcmp(ev->origin, d->node_id) == 0) {
+        /* Our own message: apply the ACK here rather than wait for it to come
+         * back through Redis; the receipt still goes to every node. */
+        pending_forget(d, ev->message_id);
+        ack_enqueue(d, s->user, ev->seq);
+        publish_ack(d, d->node_id, ev->message_id, ev->from, s->user, ev->seq, true, "delivered");
+    } else {
         publish_ack(d, ev->origin, ev->message_id, ev->from, s->user, ev->seq, false, "delivered");
+    }
 }
 
 ssize_t chat_stream_read(struct chat_stream *s, char *buf, size_t max)
@@ -941,9 +1096,12 @@ struct chat_waiter *chat_waiter_new(struct chat_delivery *d, const char *user, i
     if (e->waiters)
         e->waiters->prev = w;
     e->waiters = w;
+    bool first = e->held++ == 0;
     pthread_mutex_unlock(&d->hub_lock);
     chat_bus_ref(d->bus, CHAT_CHANNEL_USER, user);
     chat_metric_inc(polls_waiting);
+    if (first)
+        user_arrived(d, user);
     return w;
 }
 
@@ -974,6 +1132,7 @@ void chat_waiter_free(struct chat_waiter *w)
     if (!w)
         return;
     struct chat_delivery *d = w->d;
+    bool gone = false;
     pthread_mutex_lock(&d->hub_lock);
     struct user_entry *e = entry_get(d, w->user, false);
     if (e) {
@@ -983,9 +1142,11 @@ void chat_waiter_free(struct chat_waiter *w)
             e->waiters = w->next;
         if (w->next)
             w->next->prev = w->prev;
-        entry_release(d, e);
+        gone = entry_release(d, e);
     }
     pthread_mutex_unlock(&d->hub_lock);
+    if (gone)
+        user_left(d, w->user);
     chat_bus_unref(d->bus, CHAT_CHANNEL_USER, w->user);
     pthread_mutex_destroy(&w->lock);
     chat_metric_dec(polls_waiting);

@@ -65,6 +65,14 @@ int chat_delivery_device_ack(struct chat_delivery *d, const char *user, const ui
 int chat_delivery_read(struct chat_delivery *d, const char *user, uint64_t up_to,
                        const char *conv_key, size_t *count);
 
+/* online[i]: whether users[i] holds a stream or long-poll on any node.
+ * 0 or CHAT_EUNAVAIL (Redis). */
+int chat_delivery_presence(struct chat_delivery *d, const char *const *users, size_t n,
+                           bool *online);
+/* Whether user already holds max_streams_per_user streams and long-polls
+ * on this node. */
+bool chat_delivery_user_full(struct chat_delivery *d, const char *user);
+
 /* "pending", "delivered" or "read". */
 const char *chat_status_name(int status);
 /* Adds name as a string, or null when v is NULL or empty. */

@@ -20,6 +20,7 @@ static const struct err_row err_table[] = {
     [-CHAT_ERATE] = {429, "rate_limited", "too many requests, slow down"},
     [-CHAT_EUNAVAIL] = {503, "backend_unavailable", "a backend is unavailable, retry later"},
     [-CHAT_EINTERNAL] = {500, "internal_error", "internal error"},
+    [-CHAT_EBLOCKED] = {403, "blocked", "the recipient does not accept messages from you"},
 };
 
 static const struct err_row *row(int err)

@@ -18,7 +18,8 @@ enum chat_err {
     CHAT_ERATE = -9,      /* 429 rate_limited */
     CHAT_EUNAVAIL = -10,  /* 503 backend_unavailable */
     CHAT_EINTERNAL = -11, /* 500 internal_error */
-    CHAT_ERR_MIN_ = -12
+    CHAT_EBLOCKED = -12,  /* 403 blocked: the recipient blocks the sender */
+    CHAT_ERR_MIN_ = -13
 };
 
 /* The HTTP status for err (0 gives 200; unknown values give 500). */

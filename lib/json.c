@@ -131,6 +131,8 @@ int chat_json_u64(const cJSON *obj, const char *name, uint64_t *out)
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
     if (!v)
         return CHAT_ENOTFOUND;
+    if (cJSON_IsRaw(v)) /* written by chat_json_add_int */
+        return chat_parse_u64(v->valuestring, out);
     if (!cJSON_IsNumber(v))
         return CHAT_EINVAL;
     double d = v->valuedouble;

@@ -53,11 +53,25 @@ enum stmt_id {
     S_CONV_LIST,
     S_HISTORY,
     S_MSG_PK,
+    S_IS_BLOCKED,
+    S_BLOCK_INS,
+    S_BLOCK_DEL,
+    S_BLOCK_LIST,
+    S_TICKET_INS,
+    S_TICKET_TAKE,
+    S_TICKET_GC,
+    S_PUSH_DUE,
+    S_PUSH_LEASE,
+    S_PUSH_DONE,
+    S_PUSH_RETRY,
+    S_CONV_PEERS,
     S_COUNT
 };
 
+/* The columns of struct item_row; the body stays column 4 in every query. */
 #define ITEM_COLS                                                                                  \
-    "i.seq, m.message_id, m.sender, m.recipient, m.body, m.ts, i.status, i.delivered_ts"
+    "i.seq, m.message_id, m.sender, m.recipient, m.body, m.ts, i.status, i.delivered_ts, "         \
+    "m.chat_id, i.read_ts"
 
 static const char *const stmt_sql[S_COUNT] = {
     [S_SCHEMA] = "SELECT COALESCE(MAX(version), 0) FROM schema_version",
@@ -66,7 +80,8 @@ static const char *const stmt_sql[S_COUNT] = {
     /* LAST_INSERT_ID(expr) hands the new value back without a second query. */
     [S_SEQ] = "INSERT INTO user_seq (user_id, last_seq) VALUES (?, LAST_INSERT_ID(1)) "
               "ON DUPLICATE KEY UPDATE last_seq = LAST_INSERT_ID(last_seq + 1)",
-    [S_INS_INBOX] = "INSERT INTO inbox (user_id, seq, msg_pk, status) VALUES (?, ?, ?, 0)",
+    [S_INS_INBOX] = "INSERT INTO inbox (user_id, seq, msg_pk, status, push_next_ms) "
+                    "VALUES (?, ?, ?, 0, ?)",
     [S_FIND_CLIENT] = "SELECT message_id, recipient, body, ts, chat_id FROM messages "
                       "WHERE sender = ? AND client_msg_id = ?",
     [S_INBOX_ALL] = "SELECT " ITEM_COLS " FROM inbox i JOIN messages m ON m.id = i.msg_pk "
@@ -107,7 +122,7 @@ static const char *const stmt_sql[S_COUNT] = {
                      "(SELECT COUNT(*) FROM chat_members x WHERE x.chat_id = c.id) "
                      "FROM chat_members m JOIN chats c ON c.id = m.chat_id "
                      "WHERE m.user_id = ? ORDER BY c.created_ts DESC, c.id LIMIT 1000",
-    [S_IS_MEMBER] = "SELECT 1 FROM chat_members WHERE chat_id = ? AND user_id = ?",
+    [S_IS_MEMBER] = "SELECT joined_ts FROM chat_members WHERE chat_id = ? AND user_id = ?",
     [S_READ_SELECT] = "SELECT i.seq, m.message_id, m.sender, m.conv_key FROM inbox i "
                       "JOIN messages m ON m.id = i.msg_pk "
                       "WHERE i.user_id = ? AND i.status < 2 AND i.seq > ? AND i.seq <= ? "
@@ -127,6 +142,27 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_HISTORY] = "SELECT m.id, m.message_id, m.sender, m.recipient, m.body, m.ts, m.chat_id "
                   "FROM messages m WHERE m.conv_key = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
     [S_MSG_PK] = "SELECT id, conv_key FROM messages WHERE message_id = ?",
+    [S_IS_BLOCKED] = "SELECT 1 FROM blocks WHERE user_id = ? AND blocked = ?",
+    [S_BLOCK_INS] = "INSERT IGNORE INTO blocks (user_id, blocked, created_ts) VALUES (?, ?, ?)",
+    [S_BLOCK_DEL] = "DELETE FROM blocks WHERE user_id = ? AND blocked = ?",
+    [S_BLOCK_LIST] = "SELECT blocked FROM blocks WHERE user_id = ? ORDER BY blocked LIMIT 1000",
+    [S_TICKET_INS] = "INSERT INTO tickets (ticket, user_id, expires_ms) VALUES (?, ?, ?)",
+    /* Single use across every node: the DELETE that removes it wins. */
+    [S_TICKET_TAKE] = "DELETE FROM tickets WHERE ticket = ? AND expires_ms > ? RETURNING user_id",
+    [S_TICKET_GC] = "DELETE FROM tickets WHERE expires_ms < ? LIMIT 100",
+    [S_PUSH_DUE] = "SELECT i.user_id, i.seq, i.push_attempts, m.message_id, m.sender, m.body, "
+                   "m.chat_id FROM inbox i JOIN messages m ON m.id = i.msg_pk "
+                   "WHERE i.push_state = 0 AND i.status = 0 AND i.push_next_ms <= ? "
+                   "ORDER BY i.push_next_ms LIMIT 50 FOR UPDATE SKIP LOCKED",
+    [S_PUSH_LEASE] = "UPDATE inbox SET push_next_ms = ? WHERE user_id = ? AND seq = ?",
+    [S_PUSH_DONE] = "UPDATE inbox SET push_state = 1, push_attempts = push_attempts + 1 "
+                    "WHERE user_id = ? AND seq = ?",
+    [S_PUSH_RETRY] = "UPDATE inbox SET push_attempts = push_attempts + 1, push_next_ms = ?, "
+                     "push_state = IF(push_attempts >= ?, 2, 0) WHERE user_id = ? AND seq = ?",
+    /* The people a user talks with: direct peers and fellow group members. */
+    [S_CONV_PEERS] = "SELECT DISTINCT x.user_id FROM conversations c "
+                     "JOIN conversations x ON x.conv_key = c.conv_key AND x.user_id <> c.user_id "
+                     "WHERE c.user_id = ? LIMIT 1000",
 };
 
 struct chat_store {
@@ -652,10 +688,34 @@ static int find_client_msg(struct chat_store *s, const struct chat_send *in, str
     return 0;
 }
 
+/* *blocked tells whether user blocks from. */
+static int blocked_by(struct chat_store *s, const char *user, const char *from, bool *blocked)
+{
+    unsigned long l1, l2;
+    int64_t one = 0;
+    MYSQL_BIND par[2], res[1];
+    bind_str(&par[0], user, &l1);
+    bind_str(&par[1], from, &l2);
+    bind_i64(&res[0], &one);
+    MYSQL_STMT *st;
+    int err = run(s, S_IS_BLOCKED, par, res, &st);
+    if (err)
+        return err;
+    *blocked = mysql_stmt_fetch(st) == 0;
+    mysql_stmt_free_result(st);
+    return 0;
+}
+
 /* The recipients of a send, sorted: the lock order of every transaction. */
 static int send_targets(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
 {
     if (in->to) {
+        bool blocked;
+        int err = blocked_by(s, in->to, in->from, &blocked);
+        if (err)
+            return err;
+        if (blocked)
+            return CHAT_EBLOCKED;
         out->targets = chat_xcalloc(1, sizeof(*out->targets));
         snprintf(out->targets[0].user, sizeof(out->targets[0].user), "%s", in->to);
         out->ntargets = 1;
@@ -760,10 +820,15 @@ static int send_once(struct chat_store *s, const struct chat_send *in, struct ch
         if (err)
             goto fail;
         t->seq = mysql_stmt_insert_id(st);
-        MYSQL_BIND ipar[3];
+        MYSQL_BIND ipar[4];
         bind_str(&ipar[0], t->user, &l[0]);
         bind_u64(&ipar[1], &t->seq);
         bind_u64(&ipar[2], &pk);
+        int64_t push_at = it->ts + (int64_t)s->cfg->push_after * 1000;
+        if (s->cfg->push_url[0])
+            bind_i64(&ipar[3], &push_at);
+        else
+            bind_null(&ipar[3]);
         err = run(s, S_INS_INBOX, ipar, NULL, &st);
         if (err)
             goto fail;
@@ -1029,10 +1094,10 @@ int chat_store_group_change(struct chat_store *s, const char *id, const char *ac
     if (!err && !owner && nadd > 0)
         err = CHAT_EFORBIDDEN;
     for (size_t i = 0; !err && i < nremove; i++) {
-        if (strcmp(remove[i], g.owner) == 0)
-            err = CHAT_ECONFLICT; /* a group always has its owner */
-        else if (!owner && strcmp(remove[i], actor) != 0)
+        if (!owner && strcmp(remove[i], actor) != 0)
             err = CHAT_EFORBIDDEN;
+        else if (strcmp(remove[i], g.owner) == 0)
+            err = CHAT_ECONFLICT; /* a group always has its owner */
     }
     int64_t now = chat_now_ms();
     for (size_t i = 0; !err && i < nadd; i++)
@@ -1053,13 +1118,20 @@ int chat_store_group_change(struct chat_store *s, const char *id, const char *ac
 
 int chat_store_group_member(struct chat_store *s, const char *id, const char *user, bool *is_member)
 {
+    int64_t joined;
+    return chat_store_group_joined(s, id, user, is_member, &joined);
+}
+
+int chat_store_group_joined(struct chat_store *s, const char *id, const char *user, bool *is_member,
+                            int64_t *joined_ts)
+{
     *is_member = false;
+    *joined_ts = 0;
     unsigned long l1, l2;
-    int64_t one = 0;
     MYSQL_BIND par[2], res[1];
     bind_str(&par[0], id, &l1);
     bind_str(&par[1], user, &l2);
-    bind_i64(&res[0], &one);
+    bind_i64(&res[0], joined_ts);
     MYSQL_STMT *st;
     int err = run(s, S_IS_MEMBER, par, res, &st);
     if (err)
@@ -1288,6 +1360,192 @@ int chat_store_history(struct chat_store *s, const char *conv_key, const char *b
     }
     mysql_stmt_free_result(st);
     return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Blocks, tickets, contacts                                                */
+/* ------------------------------------------------------------------------ */
+
+int chat_store_block(struct chat_store *s, const char *user, const char *blocked, bool on)
+{
+    unsigned long l1, l2;
+    int64_t now = chat_now_ms();
+    MYSQL_BIND par[3];
+    bind_str(&par[0], user, &l1);
+    bind_str(&par[1], blocked, &l2);
+    bind_i64(&par[2], &now);
+    MYSQL_STMT *st;
+    int err = run(s, on ? S_BLOCK_INS : S_BLOCK_DEL, par, NULL, &st);
+    return err < 0 ? err : (err ? CHAT_EUNAVAIL : 0);
+}
+
+/* Reads a one-column list of user ids from statement id with one string
+ * parameter. *out: caller frees with free(). */
+static int user_column(struct chat_store *s, enum stmt_id id, const char *param,
+                       char (**out)[CHAT_USER_MAX + 1], size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    unsigned long plen, ulen;
+    char user[CHAT_USER_MAX + 2];
+    MYSQL_BIND par[1], res[1];
+    bind_str(&par[0], param, &plen);
+    bind_out_str(&res[0], user, sizeof(user), &ulen, NULL);
+    MYSQL_STMT *st;
+    int err = run(s, id, par, res, &st);
+    if (err)
+        return err < 0 ? err : CHAT_EUNAVAIL;
+    size_t rows = mysql_stmt_num_rows(st);
+    *out = chat_xcalloc(rows + 1, sizeof(**out));
+    while (*n < rows && mysql_stmt_fetch(st) == 0)
+        copy_str((*out)[(*n)++], sizeof((*out)[0]), user, ulen);
+    mysql_stmt_free_result(st);
+    return 0;
+}
+
+int chat_store_blocks(struct chat_store *s, const char *user, char (**out)[CHAT_USER_MAX + 1],
+                      size_t *n)
+{
+    return user_column(s, S_BLOCK_LIST, user, out, n);
+}
+
+int chat_store_contacts(struct chat_store *s, const char *user, char (**out)[CHAT_USER_MAX + 1],
+                        size_t *n)
+{
+    return user_column(s, S_CONV_PEERS, user, out, n);
+}
+
+int chat_store_ticket_put(struct chat_store *s, const char *ticket, const char *user,
+                          int64_t expires_ms)
+{
+    unsigned long l1, l2;
+    int64_t now = chat_now_ms();
+    MYSQL_BIND gc[1];
+    bind_i64(&gc[0], &now);
+    MYSQL_STMT *st;
+    int err = run(s, S_TICKET_GC, gc, NULL, &st); /* keeps the table small */
+    if (err)
+        return err < 0 ? err : CHAT_EUNAVAIL;
+    MYSQL_BIND par[3];
+    bind_str(&par[0], ticket, &l1);
+    bind_str(&par[1], user, &l2);
+    bind_i64(&par[2], &expires_ms);
+    err = run(s, S_TICKET_INS, par, NULL, &st);
+    return err < 0 ? err : (err ? CHAT_EUNAVAIL : 0);
+}
+
+int chat_store_ticket_take(struct chat_store *s, const char *ticket, int64_t now_ms,
+                           char user[CHAT_USER_MAX + 1])
+{
+    unsigned long l1, ulen;
+    char u[CHAT_USER_MAX + 2];
+    MYSQL_BIND par[2], res[1];
+    bind_str(&par[0], ticket, &l1);
+    bind_i64(&par[1], &now_ms);
+    bind_out_str(&res[0], u, sizeof(u), &ulen, NULL);
+    MYSQL_STMT *st;
+    int err = run(s, S_TICKET_TAKE, par, res, &st);
+    if (err)
+        return err < 0 ? err : CHAT_EUNAVAIL;
+    int rc = mysql_stmt_fetch(st);
+    mysql_stmt_free_result(st);
+    if (rc != 0)
+        return CHAT_EAUTH;
+    copy_str(user, CHAT_USER_MAX + 1, u, ulen);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The push hook's queue                                                    */
+/* ------------------------------------------------------------------------ */
+
+int chat_store_push_claim(struct chat_store *s, int64_t now_ms, int64_t lease_ms,
+                          struct chat_push **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    int err = begin(s);
+    if (err)
+        return err;
+    struct item_row r;
+    item_row_bind(&r);
+    int64_t attempts = 0;
+    MYSQL_BIND par[1], res[7];
+    bind_i64(&par[0], &now_ms);
+    res[0] = r.res[3]; /* user_id, into r.to */
+    res[1] = r.res[0]; /* seq */
+    bind_i64(&res[2], &attempts);
+    res[3] = r.res[1]; /* message_id */
+    res[4] = r.res[2]; /* sender */
+    res[5] = r.res[4]; /* body */
+    res[6] = r.res[8]; /* chat_id */
+    MYSQL_STMT *st;
+    err = run(s, S_PUSH_DUE, par, res, &st);
+    if (err)
+        goto fail;
+    size_t rows = mysql_stmt_num_rows(st);
+    *out = chat_xcalloc(rows + 1, sizeof(**out));
+    int rc;
+    while (*n < rows && ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED)) {
+        struct chat_push *p = &(*out)[(*n)++];
+        item_from_row(&p->item, &r, st, 5);
+        p->attempts = (int)attempts;
+    }
+    mysql_stmt_free_result(st);
+    /* Leased: no other node takes them while this one posts them. */
+    int64_t until = now_ms + lease_ms;
+    for (size_t i = 0; !err && i < *n; i++) {
+        unsigned long ulen;
+        MYSQL_BIND up[3];
+        bind_i64(&up[0], &until);
+        bind_str(&up[1], (*out)[i].item.to, &ulen);
+        bind_u64(&up[2], &(*out)[i].item.seq);
+        err = run(s, S_PUSH_LEASE, up, NULL, &st);
+    }
+    if (err)
+        goto fail;
+    err = commit(s);
+    if (err)
+        goto out;
+    return 0;
+fail:
+    rollback(s);
+out:
+    chat_push_free(*out, *n);
+    *out = NULL;
+    *n = 0;
+    return err < 0 ? err : CHAT_EUNAVAIL;
+}
+
+int chat_store_push_result(struct chat_store *s, const struct chat_push *p, bool ok,
+                           int64_t next_ms, int max_attempts)
+{
+    unsigned long ulen;
+    MYSQL_STMT *st;
+    uint64_t seq = p->item.seq;
+    int err;
+    if (ok) {
+        MYSQL_BIND par[2];
+        bind_str(&par[0], p->item.to, &ulen);
+        bind_u64(&par[1], &seq);
+        err = run(s, S_PUSH_DONE, par, NULL, &st);
+    } else {
+        int64_t last = max_attempts - 1;
+        MYSQL_BIND par[4];
+        bind_i64(&par[0], &next_ms);
+        bind_i64(&par[1], &last);
+        bind_str(&par[2], p->item.to, &ulen);
+        bind_u64(&par[3], &seq);
+        err = run(s, S_PUSH_RETRY, par, NULL, &st);
+    }
+    return err < 0 ? err : (err ? CHAT_EUNAVAIL : 0);
+}
+
+void chat_push_free(struct chat_push *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        chat_item_cleanup(&v[i].item);
+    free(v);
 }
 
 static int ack_range_once(struct chat_store *s, const char *user, uint64_t after, uint64_t up_to,

@@ -21,7 +21,7 @@
 #include "config.h"
 #include "id.h"
 
-#define CHAT_SCHEMA_VERSION 2
+#define CHAT_SCHEMA_VERSION 3
 #define CHAT_CLIENT_MSG_ID_MAX 64
 #define CHAT_CHAT_ID_LEN CHAT_MESSAGE_ID_LEN
 #define CHAT_GROUP_MAX 1000 /* members of a group, owner included */
@@ -175,6 +175,9 @@ int chat_store_group_change(struct chat_store *st, const char *id, const char *a
 /* *is_member tells whether user is a member of group id. */
 int chat_store_group_member(struct chat_store *st, const char *id, const char *user,
                             bool *is_member);
+/* The same, with when user joined (ms). */
+int chat_store_group_joined(struct chat_store *st, const char *id, const char *user,
+                            bool *is_member, int64_t *joined_ts);
 void chat_group_cleanup(struct chat_group *g);
 
 /* ---- read state, conversations, history ---- */
@@ -194,6 +197,41 @@ void chat_conversations_free(struct chat_conversation *v, size_t n);
  * before_id is not a message of that conversation. */
 int chat_store_history(struct chat_store *st, const char *conv_key, const char *before_id,
                        unsigned limit, struct chat_items *out);
+
+/* ---- blocks, tickets, contacts ---- */
+
+/* user blocks (on) or unblocks blocked. */
+int chat_store_block(struct chat_store *st, const char *user, const char *blocked, bool on);
+/* The users user blocks. *out: caller frees with free(). */
+int chat_store_blocks(struct chat_store *st, const char *user, char (**out)[CHAT_USER_MAX + 1],
+                      size_t *n);
+/* The users user shares a conversation with. *out: caller frees. */
+int chat_store_contacts(struct chat_store *st, const char *user, char (**out)[CHAT_USER_MAX + 1],
+                        size_t *n);
+/* Stores a stream ticket for user. */
+int chat_store_ticket_put(struct chat_store *st, const char *ticket, const char *user,
+                          int64_t expires_ms);
+/* Redeems a ticket once: 0 and its user, or CHAT_EAUTH when unknown, used
+ * or expired. */
+int chat_store_ticket_take(struct chat_store *st, const char *ticket, int64_t now_ms,
+                           char user[CHAT_USER_MAX + 1]);
+
+/* ---- the push hook's queue ---- */
+
+/* A PENDING row due for the push hook: item.to is its recipient. */
+struct chat_push {
+    struct chat_item item;
+    int attempts;
+};
+/* Takes up to 50 due rows and leases them for lease_ms, so that no other
+ * node posts them meanwhile. *out: release with chat_push_free. */
+int chat_store_push_claim(struct chat_store *st, int64_t now_ms, int64_t lease_ms,
+                          struct chat_push **out, size_t *n);
+/* Records the outcome of one post: done for good (ok), or due again at
+ * next_ms, given up after max_attempts. */
+int chat_store_push_result(struct chat_store *st, const struct chat_push *p, bool ok,
+                           int64_t next_ms, int max_attempts);
+void chat_push_free(struct chat_push *v, size_t n);
 
 /* The conversation key of a direct pair ("d:<a>|<b>", sorted) and of a
  * group ("c:<id>"). */

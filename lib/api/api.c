@@ -34,6 +34,7 @@ static const struct route routes[] = {
     {"POST", "/v1/inbox/ack", AUTH_BEARER, api_post_inbox_ack},
     {"POST", "/v1/inbox/read", AUTH_BEARER, api_post_inbox_read},
     {"GET", "/v1/events", AUTH_BEARER_OR_QUERY, api_get_events},
+    {"POST", "/v1/events/ticket", AUTH_BEARER, api_post_ticket},
     {"GET", "/v1/poll", AUTH_BEARER_OR_QUERY, api_get_poll},
     {"POST", "/v1/chats", AUTH_BEARER, api_post_chat},
     {"GET", "/v1/chats", AUTH_BEARER, api_get_chats},
@@ -41,6 +42,10 @@ static const struct route routes[] = {
     {"POST", "/v1/chats/{id}/members", AUTH_BEARER, api_post_chat_members},
     {"GET", "/v1/conversations", AUTH_BEARER, api_get_conversations},
     {"GET", "/v1/conversations/{id}/messages", AUTH_BEARER, api_get_history},
+    {"PUT", "/v1/blocks/{id}", AUTH_BEARER, api_put_block},
+    {"DELETE", "/v1/blocks/{id}", AUTH_BEARER, api_put_block},
+    {"GET", "/v1/blocks", AUTH_BEARER, api_get_blocks},
+    {"GET", "/v1/presence", AUTH_BEARER, api_get_presence},
     {"GET", "/healthz", AUTH_NONE, api_healthz},
     {"GET", "/readyz", AUTH_NONE, api_readyz},
     {"GET", "/metrics", AUTH_NONE, api_metrics},
@@ -162,6 +167,17 @@ static int authenticate(struct api_ctx *c, enum auth_kind kind)
         while (*token == ' ')
             token++;
     } else if (kind == AUTH_BEARER_OR_QUERY) {
+        const char *ticket = c->req->arg(c->req->door, "ticket");
+        if (ticket) {
+            int err = strlen(ticket) == 32 ? chat_store_ticket_take(chat_store_local(c->api->cfg),
+                                                                    ticket, chat_now_ms(), c->user)
+                                           : CHAT_EAUTH;
+            if (err)
+                api_error(c, err,
+                          err == CHAT_EAUTH ? "the ticket is unknown, used or expired"
+                                            : "tickets are unavailable");
+            return err;
+        }
         token = c->req->arg(c->req->door, "access_token");
     }
     if (!token || !*token) {

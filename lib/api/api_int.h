@@ -56,6 +56,10 @@ void api_get_history(struct api_ctx *c);
 /* "bob" or "chat:<id>" -> its conversation key, if the caller may see it;
  * otherwise answers the error and returns it. */
 int api_conversation_key(struct api_ctx *c, const char *name, char key[CHAT_CONV_KEY_MAX + 1]);
+void api_put_block(struct api_ctx *c);
+void api_get_blocks(struct api_ctx *c);
+void api_post_ticket(struct api_ctx *c);
+void api_get_presence(struct api_ctx *c);
 void api_healthz(struct api_ctx *c);
 void api_readyz(struct api_ctx *c);
 void api_metrics(struct api_ctx *c);

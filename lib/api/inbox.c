@@ -155,6 +155,11 @@ void api_get_events(struct api_ctx *c)
         api_error(c, err, "the message store is unavailable");
         return;
     }
+    if (chat_delivery_user_full(c->api->d, c->user)) {
+        api_error(c, CHAT_ERATE, "too many streams and long-polls open for this user");
+        snprintf(c->resp->retry_after, sizeof(c->resp->retry_after), "5");
+        return;
+    }
     bool has_last = last && *last;
     c->resp->kind = CHAT_RESP_STREAM;
     c->resp->status = 200;
@@ -219,6 +224,11 @@ void api_get_poll(struct api_ctx *c)
         api_arg_u64(c, "timeout", (uint64_t)cfg->poll_timeout, (uint64_t)cfg->poll_timeout_max,
                     &timeout))
         return;
+    if (chat_delivery_user_full(c->api->d, c->user)) {
+        api_error(c, CHAT_ERATE, "too many streams and long-polls open for this user");
+        snprintf(c->resp->retry_after, sizeof(c->resp->retry_after), "5");
+        return;
+    }
     struct poll_state *ps = chat_xcalloc(1, sizeof(*ps));
     snprintf(ps->user, sizeof(ps->user), "%s", c->user);
     ps->after = after;

@@ -54,7 +54,11 @@ void api_post_message(struct api_ctx *c)
         goto done;
     }
     if (chat) {
-        if (!cJSON_IsString(chat) || !chat_id_valid(chat->valuestring)) {
+        if (!cJSON_IsString(chat)) {
+            api_error(c, CHAT_EINVAL, "\"chat\" must be a chat id");
+            goto done;
+        }
+        if (!chat_id_valid(chat->valuestring)) {
             api_error(c, CHAT_ENOTFOUND, "no such chat");
             goto done;
         }
@@ -157,14 +161,16 @@ void api_get_message(struct api_ctx *c)
     for (size_t i = 0; !allowed && i < nr; i++)
         allowed = strcmp(c->user, r[i].user) == 0;
     if (!allowed && msg.chat[0]) {
-        /* A member whose row is gone (policy delete) may still read it. */
+        /* A member whose row is gone (policy delete) may still read it; one
+         * who joined after it was sent never could. */
         bool member = false;
-        err = chat_store_group_member(st, msg.chat, c->user, &member);
+        int64_t joined = 0;
+        err = chat_store_group_joined(st, msg.chat, c->user, &member, &joined);
         if (err) {
             api_error(c, err, NULL);
             goto out;
         }
-        allowed = member;
+        allowed = member && joined <= msg.ts;
     }
     if (!allowed) {
         api_error(c, CHAT_EFORBIDDEN, "only the sender and the recipients may read a message");

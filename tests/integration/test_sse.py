@@ -46,12 +46,13 @@ def test_stream_headers_first_frame_and_keepalive():
 
 def test_vanished_clients_are_dropped():
     n1 = node(1)
-    user = uid("flaky")
+    users = [uid("flaky"), uid("flaky")]  # 10 each: the per-user cap is 10
     before = metric(n1, "chat_streams_open")
     streams = []
     try:
-        for _ in range(20):
-            streams.append(stream(n1, user))
+        for user in users:
+            for _ in range(10):
+                streams.append(stream(n1, user))
         opened = metric(n1, "chat_streams_open")
         print("chat_streams_open: before %d, with 20 open %d" % (before, opened))
         assert opened >= 20, "20 streams open but chat_streams_open is %s" % opened
@@ -146,3 +147,34 @@ def test_resume_returns_rows_of_any_status():
         ev = s.wait_message_id(m, timeout=5)
         assert [e.json()["message_id"] for e in s.messages()] == [m], s.messages()
         assert int(ev.id) == last + 1, ev
+
+
+def test_stream_cap_per_user():
+    """max_streams_per_user (10): the 11th stream of one user on a node gets
+    429 with Retry-After; once one closes (and the node has noticed), a new
+    one is accepted. Another user is not affected."""
+    from chatlib import SSEStream, assert_retry_after
+    n1 = node(1)
+    user, other = uid("greedy"), uid("calm")
+    streams = [stream(n1, user) for _ in range(10)]
+    try:
+        extra = SSEStream(n1, user).open()
+        try:
+            assert extra.status == 429, "11th stream: %s" % extra.status
+            assert_retry_after(extra)
+        finally:
+            extra.close()
+        streams.append(stream(n1, other))
+        streams.pop(0).close()
+
+        def reopened():
+            s = SSEStream(n1, user).open()
+            if s.status == 200:
+                streams.append(s)
+                return True
+            s.close()
+            return False
+        wait_until(reopened, 5, "a new stream once one closed", interval=0.2)
+    finally:
+        for s in streams:
+            s.close()

@@ -27,7 +27,7 @@ static const struct {
     {CHAT_EMETHOD, 405, "method_not_allowed"},  {CHAT_ECONFLICT, 409, "conflict"},
     {CHAT_ETOOLARGE, 413, "payload_too_large"}, {CHAT_EMEDIA, 415, "unsupported_media_type"},
     {CHAT_ERATE, 429, "rate_limited"},          {CHAT_EUNAVAIL, 503, "backend_unavailable"},
-    {CHAT_EINTERNAL, 500, "internal_error"},
+    {CHAT_EINTERNAL, 500, "internal_error"},   {CHAT_EBLOCKED, 403, "blocked"},
 };
 
 START_TEST(test_err_table)
