@@ -138,7 +138,7 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_CONV_LIST] = "SELECT c.conv_key, c.unread, c.last_ts, m.message_id, m.sender, m.body, m.ts, "
                     "g.name FROM conversations c JOIN messages m ON m.id = c.last_msg_pk "
                     "LEFT JOIN chats g ON g.id = m.chat_id "
-                    "WHERE c.user_id = ? ORDER BY c.last_ts DESC, c.conv_key LIMIT ?",
+                    "WHERE c.user_id = ? ORDER BY c.last_ts DESC, c.conv_key DESC LIMIT ?",
     [S_HISTORY] = "SELECT m.id, m.message_id, m.sender, m.recipient, m.body, m.ts, m.chat_id "
                   "FROM messages m WHERE m.conv_key = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
     [S_MSG_PK] = "SELECT id, conv_key FROM messages WHERE message_id = ?",
