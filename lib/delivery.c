@@ -603,6 +603,13 @@ int chat_delivery_start(struct chat_delivery *d)
         return CHAT_EINTERNAL;
     d->ack_started = true;
     d->pusher = chat_pusher_start(d->cfg);
+    int flush = 1, err;
+    struct chat_store *st = chat_store_open(d->cfg, &err);
+    if (st && chat_store_durable(st, &flush) == 0 && flush != 1)
+        chat_error("mysql: innodb_flush_log_at_trx_commit is %d, not 1: a 201 is NOT durable; "
+                   "a crash or power loss can lose messages that were acknowledged",
+                   flush);
+    chat_store_close(st);
     return chat_bus_start(d->bus);
 }
 

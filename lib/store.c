@@ -65,6 +65,7 @@ enum stmt_id {
     S_PUSH_DONE,
     S_PUSH_RETRY,
     S_CONV_PEERS,
+    S_DURABILITY,
     S_COUNT
 };
 
@@ -142,6 +143,7 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_HISTORY] = "SELECT m.id, m.message_id, m.sender, m.recipient, m.body, m.ts, m.chat_id "
                   "FROM messages m WHERE m.conv_key = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
     [S_MSG_PK] = "SELECT id, conv_key FROM messages WHERE message_id = ?",
+    [S_DURABILITY] = "SELECT @@GLOBAL.innodb_flush_log_at_trx_commit",
     [S_IS_BLOCKED] = "SELECT 1 FROM blocks WHERE user_id = ? AND blocked = ?",
     [S_BLOCK_INS] = "INSERT IGNORE INTO blocks (user_id, blocked, created_ts) VALUES (?, ?, ?)",
     [S_BLOCK_DEL] = "DELETE FROM blocks WHERE user_id = ? AND blocked = ?",
@@ -419,6 +421,21 @@ int chat_store_ping(struct chat_store *s)
                   (long long)version, CHAT_SCHEMA_VERSION);
         return CHAT_EUNAVAIL;
     }
+    return 0;
+}
+
+int chat_store_durable(struct chat_store *s, int *flush)
+{
+    int64_t v = -1;
+    MYSQL_BIND res[1];
+    bind_i64(&res[0], &v);
+    MYSQL_STMT *st;
+    int err = run(s, S_DURABILITY, NULL, res, &st);
+    if (err)
+        return err < 0 ? err : CHAT_EUNAVAIL;
+    mysql_stmt_fetch(st);
+    mysql_stmt_free_result(st);
+    *flush = (int)v;
     return 0;
 }
 

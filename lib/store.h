@@ -119,6 +119,10 @@ struct chat_store *chat_store_local(const struct chat_config *cfg);
  * CHAT_EUNAVAIL otherwise. */
 int chat_store_ping(struct chat_store *st);
 
+/* *flush: the server's innodb_flush_log_at_trx_commit. Anything but 1 lets
+ * a committed (201) message vanish in a crash or power loss. */
+int chat_store_durable(struct chat_store *st, int *flush);
+
 /* Stores a message and a PENDING inbox row for its recipient (or for every
  * member of its group but the sender), and updates the conversations, in one
  * transaction. 0 (out->created tells whether it was new; release out with
