@@ -738,11 +738,18 @@ static redisContext *sync_ctx(struct chat_bus *bus)
     redisContext *c = pthread_getspecific(sync_key);
     if (c)
         return c;
+    /* After a failure, fail fast for a second rather than make every send
+     * and stream open wait out a connect timeout. */
+    static _Thread_local int64_t retry_at;
+    int64_t now = chat_mono_ms();
+    if (now < retry_at)
+        return NULL;
     struct timeval tv = {1, 0};
     c = redisConnectWithTimeout(bus->cfg->redis_host, bus->cfg->redis_port, tv);
     if (!c || c->err) {
         chat_warn("redis: presence: %s", c ? c->errstr : "out of memory");
         redisFree(c);
+        retry_at = now + 1000;
         return NULL;
     }
     redisSetTimeout(c, tv);
