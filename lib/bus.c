@@ -719,6 +719,7 @@ void chat_bus_command(struct chat_bus *bus, int argc, const char **argv)
 /* ------------------------------------------------------------------------ */
 
 static pthread_key_t sync_key;
+static _Thread_local int64_t sync_retry_at; /* mono ms */
 static pthread_once_t sync_once = PTHREAD_ONCE_INIT;
 
 static void sync_free(void *p)
@@ -740,16 +741,15 @@ static redisContext *sync_ctx(struct chat_bus *bus)
         return c;
     /* After a failure, fail fast for a second rather than make every send
      * and stream open wait out a connect timeout. */
-    static _Thread_local int64_t retry_at;
     int64_t now = chat_mono_ms();
-    if (now < retry_at)
+    if (now < sync_retry_at)
         return NULL;
     struct timeval tv = {1, 0};
     c = redisConnectWithTimeout(bus->cfg->redis_host, bus->cfg->redis_port, tv);
     if (!c || c->err) {
         chat_warn("redis: presence: %s", c ? c->errstr : "out of memory");
         redisFree(c);
-        retry_at = now + 1000;
+        sync_retry_at = now + 1000;
         return NULL;
     }
     redisSetTimeout(c, tv);
@@ -774,6 +774,7 @@ static int sync_fail(void)
         redisFree(c);
         pthread_setspecific(sync_key, NULL);
     }
+    sync_retry_at = chat_mono_ms() + 1000;
     return CHAT_EUNAVAIL;
 }
 
