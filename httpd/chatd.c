@@ -362,6 +362,37 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes %HH in paths and query arguments like libmicrohttpd's own
+ * unescaper, except that %00 is left as it is: a decoded NUL would cut the
+ * C string short, and "/v1/blocks/bob%00x" would name bob. Left encoded, it
+ * is simply not a valid id. */
+static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+    char *w = s;
+    for (const char *r = s; *r; r++) {
+        int hi, lo;
+        if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0 && (hi | lo) != 0) {
+            *w++ = (char)(hi * 16 + lo);
+            r += 2;
+        } else {
+            *w++ = *r;
+        }
+    }
+    *w = '\0';
+    return (size_t)(w - s);
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char line[512];
@@ -461,11 +492,12 @@ int main(int argc, char **argv)
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     chatd.mhd = MHD_start_daemon(
         flags, (uint16_t)chatd.cfg.port, NULL, NULL, on_request, &chatd, MHD_OPTION_EXTERNAL_LOGGER,
-        mhd_log, &chatd, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)chatd.cfg.threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)chatd.cfg.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)chatd.cfg.connection_timeout, MHD_OPTION_NOTIFY_COMPLETED, on_completed, &chatd,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_END);
+        mhd_log, &chatd, MHD_OPTION_UNESCAPE_CALLBACK, unescape, &chatd, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)chatd.cfg.threads,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)chatd.cfg.max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)chatd.cfg.connection_timeout,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, &chatd, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
+        MHD_OPTION_END);
     if (!chatd.mhd) {
         chat_error("cannot listen on %s:%d: %s", chatd.cfg.listen, chatd.cfg.port, strerror(errno));
         goto out;

@@ -196,8 +196,11 @@ static void send_publish(struct chat_bus *bus, struct pub_msg *m)
         backlog_push(bus, m);
         return;
     }
-    if (redisAsyncCommand(bus->pub.ac, on_publish_reply, m, "PUBLISH %s %b", m->channel, m->payload,
-                          m->len) != REDIS_OK)
+    int rc = m->argc ? redisAsyncCommandArgv(bus->pub.ac, on_publish_reply, m, m->argc,
+                                             (const char **)m->argv, m->argvlen)
+                     : redisAsyncCommand(bus->pub.ac, on_publish_reply, m, "PUBLISH %s %b",
+                                         m->channel, m->payload, m->len);
+    if (rc != REDIS_OK)
         backlog_push(bus, m);
 }
 

@@ -153,7 +153,7 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_TICKET_TAKE] = "DELETE FROM tickets WHERE ticket = ? AND expires_ms > ? RETURNING user_id",
     [S_TICKET_GC] = "DELETE FROM tickets WHERE expires_ms < ? LIMIT 100",
     [S_PUSH_DUE] = "SELECT i.user_id, i.seq, i.push_attempts, m.message_id, m.sender, m.body, "
-                   "m.chat_id FROM inbox i JOIN messages m ON m.id = i.msg_pk "
+                   "m.chat_id, m.ts FROM inbox i JOIN messages m ON m.id = i.msg_pk "
                    "WHERE i.push_state = 0 AND i.status = 0 AND i.push_next_ms <= ? "
                    "ORDER BY i.push_next_ms LIMIT 50 FOR UPDATE SKIP LOCKED",
     [S_PUSH_LEASE] = "UPDATE inbox SET push_next_ms = ? WHERE user_id = ? AND seq = ?",
@@ -162,9 +162,12 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_PUSH_RETRY] = "UPDATE inbox SET push_attempts = push_attempts + 1, push_next_ms = ?, "
                      "push_state = IF(push_attempts >= ?, 2, 0) WHERE user_id = ? AND seq = ?",
     /* The people a user talks with: direct peers and fellow group members. */
-    [S_CONV_PEERS] = "SELECT DISTINCT x.user_id FROM conversations c "
+    [S_CONV_PEERS] = "SELECT x.user_id FROM conversations c "
                      "JOIN conversations x ON x.conv_key = c.conv_key AND x.user_id <> c.user_id "
-                     "WHERE c.user_id = ? LIMIT 1000",
+                     "WHERE c.user_id = ? UNION "
+                     "SELECT b.user_id FROM chat_members a "
+                     "JOIN chat_members b ON b.chat_id = a.chat_id AND b.user_id <> a.user_id "
+                     "WHERE a.user_id = ? LIMIT 1000",
 };
 
 struct chat_store {
@@ -1405,8 +1408,9 @@ static int user_column(struct chat_store *s, enum stmt_id id, const char *param,
     *n = 0;
     unsigned long plen, ulen;
     char user[CHAT_USER_MAX + 2];
-    MYSQL_BIND par[1], res[1];
+    MYSQL_BIND par[2], res[1];
     bind_str(&par[0], param, &plen);
+    par[1] = par[0]; /* for a statement that names the user twice */
     bind_out_str(&res[0], user, sizeof(user), &ulen, NULL);
     MYSQL_STMT *st;
     int err = run(s, id, par, res, &st);
@@ -1487,7 +1491,7 @@ int chat_store_push_claim(struct chat_store *s, int64_t now_ms, int64_t lease_ms
     struct item_row r;
     item_row_bind(&r);
     int64_t attempts = 0;
-    MYSQL_BIND par[1], res[7];
+    MYSQL_BIND par[1], res[8];
     bind_i64(&par[0], &now_ms);
     res[0] = r.res[3]; /* user_id, into r.to */
     res[1] = r.res[0]; /* seq */
@@ -1496,6 +1500,7 @@ int chat_store_push_claim(struct chat_store *s, int64_t now_ms, int64_t lease_ms
     res[4] = r.res[2]; /* sender */
     res[5] = r.res[4]; /* body */
     res[6] = r.res[8]; /* chat_id */
+    res[7] = r.res[5]; /* ts */
     MYSQL_STMT *st;
     err = run(s, S_PUSH_DUE, par, res, &st);
     if (err)
@@ -1547,7 +1552,7 @@ int chat_store_push_result(struct chat_store *s, const struct chat_push *p, bool
         bind_u64(&par[1], &seq);
         err = run(s, S_PUSH_DONE, par, NULL, &st);
     } else {
-        int64_t last = max_attempts - 1;
+        int64_t last = max_attempts;
         MYSQL_BIND par[4];
         bind_i64(&par[0], &next_ms);
         bind_i64(&par[1], &last);

@@ -83,12 +83,16 @@ void api_get_presence(struct api_ctx *c)
     const char *users[PRESENCE_USERS_MAX];
     size_t n = 0;
     bool ok = true;
-    for (char *save = NULL, *u = strtok_r(list, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
-        if (!chat_user_valid(u) || n == PRESENCE_USERS_MAX) {
+    for (char *u = list; ok && u;) {
+        char *comma = strchr(u, ',');
+        if (comma)
+            *comma = '\0';
+        /* An empty item (",," or a trailing comma) is an error, not nothing. */
+        if (!chat_user_valid(u) || n == PRESENCE_USERS_MAX)
             ok = false;
-            break;
-        }
-        users[n++] = u;
+        else
+            users[n++] = u;
+        u = comma ? comma + 1 : NULL;
     }
     if (!ok || n == 0) {
         api_error(c, CHAT_EINVAL, "users must list 1-100 user ids, separated by commas");
