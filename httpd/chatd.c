@@ -29,6 +29,7 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "query.h"
 
 #define SSE_BLOCK 16384
 
@@ -362,35 +363,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Decodes %HH in paths and query arguments like libmicrohttpd's own
- * unescaper, except that %00 is left as it is: a decoded NUL would cut the
- * C string short, and "/v1/blocks/bob%00x" would name bob. Left encoded, it
- * is simply not a valid id. */
 static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
 {
-    char *w = s;
-    for (const char *r = s; *r; r++) {
-        int hi, lo;
-        if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0 && (hi | lo) != 0) {
-            *w++ = (char)(hi * 16 + lo);
-            r += 2;
-        } else {
-            *w++ = *r;
-        }
-    }
-    *w = '\0';
-    return (size_t)(w - s);
+    return chat_url_unescape(s);
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)

@@ -48,6 +48,22 @@ char *chat_url_decode(const char *s, size_t n)
     return out;
 }
 
+size_t chat_url_unescape(char *s)
+{
+    char *w = s;
+    for (const char *r = s; *r; r++) {
+        int hi, lo;
+        if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0 && (hi | lo) != 0) {
+            *w++ = (char)(hi * 16 + lo);
+            r += 2;
+        } else {
+            *w++ = *r;
+        }
+    }
+    *w = '\0';
+    return (size_t)(w - s);
+}
+
 void chat_query_parse(struct chat_query *q, const char *qs)
 {
     memset(q, 0, sizeof(*q));

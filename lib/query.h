@@ -22,4 +22,8 @@ void chat_query_cleanup(struct chat_query *q);
  * when it decodes to a NUL. The caller frees the result. */
 char *chat_url_decode(const char *s, size_t n);
 
+/* Decodes %HH in place and returns the new length; a %HH that is not two
+ * hex digits, and %00 (which would cut the string), are left as they are. */
+size_t chat_url_unescape(char *s);
+
 #endif

@@ -45,6 +45,20 @@ START_TEST(test_parse)
 }
 END_TEST
 
+START_TEST(test_unescape_in_place)
+{
+    char a[] = "/v1/blocks/a%41%62c", b[] = "bob%00x", c[] = "100%", d[] = "%zz%4";
+    ck_assert_uint_eq(chat_url_unescape(a), 15);
+    ck_assert_str_eq(a, "/v1/blocks/aAbc");
+    chat_url_unescape(b);
+    ck_assert_str_eq(b, "bob%00x");
+    chat_url_unescape(c);
+    ck_assert_str_eq(c, "100%");
+    chat_url_unescape(d);
+    ck_assert_str_eq(d, "%zz%4");
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("query");
@@ -52,6 +66,7 @@ int main(void)
     tcase_add_test(tc, test_decode);
     tcase_add_test(tc, test_decode_refuses);
     tcase_add_test(tc, test_parse);
+    tcase_add_test(tc, test_unescape_in_place);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
