@@ -65,6 +65,13 @@ int chat_auth_verify(const char *secret, const char *token, int64_t now,
         *why = "only HS256 tokens are accepted";
         goto fail;
     }
+    /* RFC 7515 4.1.11: a header we cannot honour must not be ignored. */
+    char *crit = jwt_get_headers_json(jwt, "crit");
+    if (crit) {
+        free(crit);
+        *why = "the token has a crit header";
+        goto fail;
+    }
     errno = 0;
     long exp = jwt_get_grant_int(jwt, "exp");
     if (errno != 0) {

@@ -427,6 +427,23 @@ END_TEST
 
 /* ---------------------------------------------------------------- main */
 
+/* RFC 7515 4.1.11: a validly signed token with a crit header is refused. */
+START_TEST(test_verify_crit)
+{
+    jwt_t *jwt = NULL;
+    ck_assert_int_eq(jwt_new(&jwt), 0);
+    ck_assert_int_eq(jwt_add_grants_json(jwt, "{\"sub\":\"bob\",\"exp\":4102444800}"), 0);
+    ck_assert_int_eq(jwt_add_headers_json(jwt, "{\"crit\":[\"exp\"]}"), 0);
+    ck_assert_int_eq(
+        jwt_set_alg(jwt, JWT_ALG_HS256, (const unsigned char *)secret, (int)strlen(secret)), 0);
+    char *t = jwt_encode_str(jwt);
+    jwt_free(jwt);
+    ck_assert_ptr_nonnull(t);
+    assert_refused(t, "crit header");
+    free(t);
+}
+END_TEST
+
 static Suite *auth_suite(void)
 {
     Suite *s = suite_create("auth");
@@ -455,6 +472,7 @@ static Suite *auth_suite(void)
     tcase_add_test(tc, test_verify_empty_parts);
     tcase_add_test(tc, test_verify_part_count);
     tcase_add_test(tc, test_verify_tampered);
+    tcase_add_test(tc, test_verify_crit);
     suite_add_tcase(s, tc);
 
     return s;
