@@ -13,8 +13,10 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -31,12 +33,53 @@ def env(name):
 
 
 def node(n):
-    """Base URL of chatd node n (1..5)."""
+    """Base URL for node n (1..5): nodes 3-5 are always chatd itself; nodes
+    1 and 2 are the door under test (CHAT_DOOR): chatd node1 and node2, or
+    the same front (lighttpd or Apache) for both."""
     return env("CHAT_NODE%d" % n)
 
 
 def front():
+    """The front door of this run: lighttpd, or Apache in the Apache run."""
     return env("CHAT_FRONT")
+
+
+def door():
+    """The door this run of the suite goes through: chatd, lighttpd or apache."""
+    return os.environ.get("CHAT_DOOR", "chatd")
+
+
+def via_front():
+    return door() != "chatd"
+
+
+def chatd(n):
+    """Base URL of chatd node n (1 or 2) itself, whatever the door: for what
+    only a node can tell (its own gauges), or a test that kills it."""
+    return env("CHAT_CHATD%d" % n) if os.environ.get("CHAT_CHATD%d" % n) else node(n)
+
+
+def lighttpd():
+    return env("CHAT_LIGHTTPD")
+
+
+def apache():
+    return env("CHAT_APACHE")
+
+
+def other_door(n):
+    """Where to POST so that a message crosses from another door into this
+    one: the other front (Apache for lighttpd, lighttpd for Apache), or
+    chatd node n for the chatd door."""
+    return {"lighttpd": apache, "apache": lighttpd}.get(door(), lambda: chatd(n))()
+
+
+class Skip(Exception):
+    """Raised by skip(); run.py reports the test as SKIP with the reason."""
+
+
+def skip(reason):
+    raise Skip(reason)
 
 
 def secret():
@@ -314,6 +357,115 @@ def metric(base, name):
     m = metrics(base)
     assert name in m, "metric %s not in GET %s/metrics (have: %s)" % (name, base, ", ".join(sorted(m)))
     return m[name]
+
+
+def streams_open():
+    """chat_streams_open of chatd node1 and node2 themselves: {1: n, 2: n}
+    (None for a node that does not answer)."""
+    out = {}
+    for n in (1, 2):
+        try:
+            out[n] = metric(chatd(n), "chat_streams_open")
+        except OSError:
+            out[n] = None
+    return out
+
+
+def open_and_locate(base, user, **kw):
+    """Opens a stream through base and tells which chatd node holds it, from
+    the nodes' chat_streams_open: the node whose gauge grows. The suite runs
+    one test at a time, so no other stream opens meanwhile, but one that
+    closed just before may still be leaving (a front notices a closed client
+    late) and hide the growth on its node: then another stream of the same
+    kind is opened and looked for. Returns (stream, node number, streams)
+    where streams are all that were opened (the first is returned); the
+    caller closes them all."""
+    opened = []
+    try:
+        for _ in range(5):
+            before = streams_open()
+            assert None not in before.values(), "a chatd node does not answer: %r" % before
+            s = stream(base, user, **kw)
+            opened.append(s)
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                now = streams_open()
+                grown = [n for n in (1, 2) if now[n] is not None and now[n] > before[n]]
+                if len(grown) == 1:
+                    return opened[0], grown[0], opened
+                assert len(grown) < 2, "both nodes' chat_streams_open grew for one stream: %r -> %r" % (
+                    before, now)
+                time.sleep(0.05)
+    except BaseException:
+        for x in opened:
+            x.close()
+        raise
+    for x in opened:
+        x.close()
+    raise AssertionError("%s: opened %d streams and no chatd node's chat_streams_open grew" % (
+        base, len(opened)))
+
+
+# --------------------------------------------------------------------------
+# chatd node processes, for the test that kills one (./chatstack test gives
+# CHAT_NODEn_PIDFILE, CHAT_NODEn_LOG and CHAT_NODEn_ARGV, a NUL-separated
+# command line)
+
+
+def _node_pid(n):
+    try:
+        with open(env("CHAT_NODE%d_PIDFILE" % n)) as f:
+            pid = int(f.read().strip())
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            cmd = f.read()
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError):
+        return None
+    return pid if b"chatd" in cmd and state != "Z" else None
+
+
+def kill_node(n):
+    """SIGKILLs chatd node n, as a crash would, and waits until it is gone."""
+    pid = _node_pid(n)
+    assert pid, "chatd node%d is not running (pid file %s)" % (n, env("CHAT_NODE%d_PIDFILE" % n))
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: _node_pid(n) is None, 10, "chatd node%d (pid %d) to die" % (n, pid))
+
+    def refused():
+        try:
+            get(chatd(n), "/healthz", timeout=1)
+        except (OSError, AssertionError):
+            return True
+        return False
+    wait_until(refused, 10, "chatd node%d to stop answering" % n)
+    return pid
+
+
+def start_node(n):
+    """Starts chatd node n again with its command line, its output appended
+    to its log and its pid in its pid file (so that ./chatstack stops it),
+    in a session of its own so that it outlives this test; waits for its
+    /healthz."""
+    if _node_pid(n):
+        return
+    with open(env("CHAT_NODE%d_ARGV" % n), "rb") as f:
+        argv = [a.decode() for a in f.read().split(b"\0") if a]
+    with open(env("CHAT_NODE%d_LOG" % n), "ab") as logf:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    with open(env("CHAT_NODE%d_PIDFILE" % n), "w") as f:
+        f.write("%d\n" % p.pid)
+
+    def up():
+        if p.poll() is not None:
+            raise AssertionError("chatd node%d exited (%s) as it restarted; see %s" % (
+                n, p.returncode, env("CHAT_NODE%d_LOG" % n)))
+        try:
+            return get(chatd(n), "/healthz", timeout=1).status == 200
+        except (OSError, AssertionError):
+            return False
+    wait_until(up, 30, "chatd node%d to answer /healthz after its restart" % n, interval=0.1)
 
 
 # --------------------------------------------------------------------------

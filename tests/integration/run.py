@@ -6,15 +6,26 @@
 Discovers the functions test_* of the modules test_*.py beside this file (in
 file order, then definition order), runs each in its own Python process with
 a time bound (default 60 s, or the function's `timeout` attribute), prints
-`PASS: name` or `FAIL: name` with the reason, and ends with exactly one line
-`N passed, N failed`. Exit code 1 when any test failed (or none was chosen).
+`PASS: name` or `FAIL: name` with the reason, or `SKIP: name: why` for a
+test that cannot apply to this door (chatlib.skip), and ends with a line
+`N skipped` and then exactly one line `N passed, N failed`. Exit code 1 when
+any test failed (or none was chosen).
 
 Tests run one at a time by default: a few read process-wide metrics of a
 node (chat_streams_open, chat_ack_timeouts_total), which other tests running
 at the same time (-j N) would disturb.
 
-The stack is described by the environment: CHAT_NODE1..CHAT_NODE5,
-CHAT_FRONT and CHAT_JWT_SECRET (./chatstack test sets them).
+The stack is described by the environment (./chatstack test sets it):
+  CHAT_DOOR             the door this run goes through: chatd, lighttpd, apache
+  CHAT_NODE1, 2         the door: chatd node1 and node2, or the front's URL twice
+  CHAT_NODE3..5         chatd node3..node5 (their own configs), always direct
+  CHAT_CHATD1, 2        chatd node1 and node2 themselves, in every run
+  CHAT_FRONT            lighttpd (Apache in the apache run)
+  CHAT_LIGHTTPD, CHAT_APACHE   the two fronts, in every run
+  CHAT_FCGI_PROCS       chat.fcgi processes behind CHAT_FRONT (lighttpd 2, Apache 1)
+  CHAT_NODEn_PIDFILE, CHAT_NODEn_LOG, CHAT_NODEn_ARGV (n = 1, 2): for the
+                        test that kills a chatd node and starts it again
+  CHAT_JWT_SECRET       the HS256 key of the stack
 """
 
 import argparse
@@ -30,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TIMEOUT = 60
+SKIP_EXIT = 77  # a child's exit code for chatlib.skip()
 
 
 def discover():
@@ -52,9 +64,15 @@ def child(name):
     """Runs one test in this process; exit 0 on success."""
     sys.path.insert(0, HERE)
     modname, func = name.split(".", 1)
+    import chatlib
     try:
         mod = importlib.import_module(modname)
         getattr(mod, func)()
+    except chatlib.Skip as e:
+        sys.stdout.flush()
+        print(str(e) or "(no reason given)")
+        sys.stdout.flush()
+        os._exit(SKIP_EXIT)
     except BaseException:  # noqa: BLE001
         sys.stdout.flush()
         traceback.print_exc()
@@ -72,7 +90,7 @@ def run_one(name, timeout):
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, timeout=timeout)
         out = p.stdout.decode("utf-8", "replace")
-        ok = p.returncode == 0
+        ok = True if p.returncode == 0 else "skip" if p.returncode == SKIP_EXIT else False
         if not ok and not out.strip():
             out = "exit code %d\n" % p.returncode
     except subprocess.TimeoutExpired as e:
@@ -118,13 +136,19 @@ def main():
     if missing:
         print("warning: not set: %s (tests that need them fail)" % " ".join(missing), file=sys.stderr)
 
-    passed = failed = 0
+    passed = failed = skipped = 0
     t_start = time.monotonic()
 
     def report(res):
-        nonlocal passed, failed
+        nonlocal passed, failed, skipped
         name, ok, out, dt = res
-        if ok:
+        if ok == "skip":
+            skipped += 1
+            lines = out.rstrip().splitlines() or [""]
+            print("SKIP: %s: %s" % (name, lines[-1]))
+            for line in lines[:-1]:
+                print("    " + line)
+        elif ok:
             passed += 1
             print("PASS: %s (%.1f s)" % (name, dt))
             for line in out.rstrip().splitlines():
@@ -144,6 +168,7 @@ def main():
             for res in ex.map(lambda t: run_one(t[0], args.t or t[1]), tests):
                 report(res)
     print("integration suite took %.1f s" % (time.monotonic() - t_start))
+    print("%d skipped" % skipped)
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
 

@@ -2,8 +2,10 @@
 
 import time
 
-from chatlib import (ACK_TIMEOUT_S, check_item, expect_json, front, get_message, inbox, metric,
-                     node, recipient_status, send, stream, uid, wait_delivered, wait_until)
+import os
+
+from chatlib import (ACK_TIMEOUT_S, check_item, door, expect_json, front, get_message, inbox, metric,
+                     node, recipient_status, send, stream, uid, via_front, wait_delivered, wait_until)
 
 
 def _check_receipt(ev, message_id, recipient):
@@ -99,12 +101,22 @@ def test_policy_delete_node3():
 def _offline(send_node, recv_node):
     sbase, rbase = node(send_node), node(recv_node)
     alice, bob = uid("alice"), uid("bob")
-    before = metric(sbase, "chat_ack_timeouts_total")
+    # The ACK timeouts are counted by the process that stored the messages.
+    # Through a front that is a chat.fcgi, and /metrics through the front
+    # answers from one of them: the count can be read only when there is
+    # one (Apache's); lighttpd spawns two.
+    counted = not via_front() or os.environ.get("CHAT_FCGI_PROCS") == "1"
+    if counted:
+        before = metric(sbase, "chat_ack_timeouts_total")
+    else:
+        print("not checking chat_ack_timeouts_total: %s runs %s chat.fcgi processes and /metrics "
+              "answers from any of them" % (door(), os.environ.get("CHAT_FCGI_PROCS")))
     t0 = time.monotonic()
     sent = [send(sbase, alice, bob, "offline %d" % i) for i in range(3)]
     mids = [s["message_id"] for s in sent]
-    wait_until(lambda: metric(sbase, "chat_ack_timeouts_total") >= before + 3, ACK_TIMEOUT_S + 4,
-               "chat_ack_timeouts_total on node%d to grow by 3 (was %s)" % (send_node, before))
+    if counted:
+        wait_until(lambda: metric(sbase, "chat_ack_timeouts_total") >= before + 3, ACK_TIMEOUT_S + 4,
+                   "chat_ack_timeouts_total on node%d to grow by 3 (was %s)" % (send_node, before))
     left = (ACK_TIMEOUT_S + 0.5) - (time.monotonic() - t0)
     if left > 0:
         time.sleep(left)  # past ack_timeout, nothing must have changed
@@ -181,12 +193,23 @@ def test_closed_stream_then_reconnect_gets_exactly_the_missed():
     n1, n2 = node(1), node(2)
     s = stream(n2, bob)
     first = send(n1, alice, bob, "hi bob")
-    s.wait_message_id(first["message_id"], timeout=5)
+    first_seq = s.wait_message_id(first["message_id"], timeout=5).seq
     s.close()
     time.sleep(0.2)
     later = [send(n1, alice, bob, body) for body in ("are you there?", "call me")]
     time.sleep(0.3)
-    again = stream(n1, bob)
+    resume = {}
+    if door() == "apache":
+        # Apache does not watch a client while it proxies the response: it
+        # notices the close only when a write fails, and what chatd wrote
+        # until then counts as delivered (mode server). A client that comes
+        # back with Last-Event-ID, as EventSource does, still gets exactly
+        # what it missed: that is what is checked here. (lighttpd passes the
+        # client's FIN on to chatd: tcp-fin-propagate.)
+        print("apache: reconnecting with Last-Event-ID %d (Apache does not pass a client's FIN on)"
+              % first_seq)
+        resume = {"last_event_id": first_seq}
+    again = stream(n1, bob, **resume)
     try:
         got = again.wait_messages(2, timeout=5)
         time.sleep(0.5)
