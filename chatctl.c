@@ -102,9 +102,7 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[optind];
     struct chat_config cfg;
-    char err[512];
-    if (chat_config_load(&cfg, path, err, sizeof(err)) != 0) {
-        fprintf(stderr, "chatctl: %s\n", err);
+    if (chat_config_open(&cfg, path, "chatctl") != 0) {
         chat_config_cleanup(&cfg);
         return 2;
     }

@@ -347,13 +347,8 @@ int main(int argc, char **argv)
     }
     static struct fcgi f;
     char err[512];
-    if (chat_config_load(&f.cfg, path, err, sizeof(err)) != 0) {
-        fprintf(stderr, "chat.fcgi: %s\n", err);
+    if (chat_config_open(&f.cfg, path, "chat.fcgi") != 0)
         return 2;
-    }
-    enum chat_log_level level;
-    chat_log_parse_level(f.cfg.log_level, &level);
-    chat_log_set_level(level);
     /* A web server may start several processes from one config; each is a
      * chat server of its own in ACK routing, so each gets its own node id. */
     char host[64] = "host";

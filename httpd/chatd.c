@@ -421,14 +421,8 @@ int main(int argc, char **argv)
     }
 
     static struct chatd chatd;
-    char err[512];
-    if (chat_config_load(&chatd.cfg, path, err, sizeof(err)) != 0) {
-        fprintf(stderr, "chatd: %s\n", err);
+    if (chat_config_open(&chatd.cfg, path, "chatd") != 0)
         return 2;
-    }
-    enum chat_log_level level;
-    chat_log_parse_level(chatd.cfg.log_level, &level);
-    chat_log_set_level(level);
 
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)chatd.cfg.port)};
     if (inet_pton(AF_INET, chatd.cfg.listen, &addr.sin_addr) != 1) {

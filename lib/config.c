@@ -293,6 +293,19 @@ int chat_config_load(struct chat_config *cfg, const char *path, char *err, size_
     return 0;
 }
 
+int chat_config_open(struct chat_config *cfg, const char *path, const char *prog)
+{
+    char err[512];
+    if (chat_config_load(cfg, path, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s: %s\n", prog, err);
+        return CHAT_EINVAL;
+    }
+    enum chat_log_level level;
+    chat_log_parse_level(cfg->log_level, &level);
+    chat_log_set_level(level);
+    return 0;
+}
+
 void chat_config_describe(FILE *out)
 {
     const char *section = "";

@@ -82,6 +82,11 @@ int chat_config_set(struct chat_config *cfg, const char *section, const char *ke
  * Returns 0, or CHAT_EINVAL with a message in err (file, line, key). */
 int chat_config_load(struct chat_config *cfg, const char *path, char *err, size_t errlen);
 
+/* What a program does first: chat_config_load, a "<prog>: <reason>" line on
+ * stderr when that fails, and the log level from [log] level. 0 or
+ * CHAT_EINVAL (cfg is still to be cleaned up). */
+int chat_config_open(struct chat_config *cfg, const char *path, const char *prog);
+
 /* Checks cross-key rules and required keys (jwt_secret). 0 or CHAT_EINVAL. */
 int chat_config_validate(const struct chat_config *cfg, char *err, size_t errlen);
 
