@@ -49,6 +49,17 @@ static struct event *event_new(enum event_kind kind, const char *frame, size_t l
     return ev;
 }
 
+/* An event holding one SSE frame: "event: <name>", id (or NULL), data. */
+static struct event *event_frame(enum event_kind kind, const char *name, const char *id,
+                                 const char *data)
+{
+    struct chat_buf b = {0};
+    chat_sse_event(&b, name, id, data, strlen(data));
+    struct event *ev = event_new(kind, b.data, b.len);
+    chat_buf_cleanup(&b);
+    return ev;
+}
+
 static void event_unref(struct event *ev)
 {
     if (ev && atomic_fetch_sub(&ev->refs, 1) == 1)
@@ -362,11 +373,8 @@ static void on_presence(struct chat_delivery *d, const char *user, cJSON *root)
     chat_json_add_int(o, "ts", (int64_t)ts);
     char *data = chat_json_print(o);
     cJSON_Delete(o);
-    struct chat_buf b = {0};
-    chat_sse_event(&b, "presence", NULL, data, strlen(data));
+    struct event *ev = event_frame(EV_PRESENCE, "presence", NULL, data);
     free(data);
-    struct event *ev = event_new(EV_PRESENCE, b.data, b.len);
-    chat_buf_cleanup(&b);
     fan_out(d, user, ev);
 }
 
@@ -389,11 +397,8 @@ static void on_user_message(struct chat_delivery *d, const char *user, cJSON *ro
     char *data = chat_json_print(jit);
     char id[24];
     snprintf(id, sizeof(id), "%llu", (unsigned long long)seq);
-    struct chat_buf b = {0};
-    chat_sse_event(&b, "message", id, data, strlen(data));
+    struct event *ev = event_frame(EV_MESSAGE, "message", id, data);
     free(data);
-    struct event *ev = event_new(EV_MESSAGE, b.data, b.len);
-    chat_buf_cleanup(&b);
     ev->seq = seq;
     snprintf(ev->message_id, sizeof(ev->message_id), "%s", mid);
     snprintf(ev->from, sizeof(ev->from), "%s", from);
@@ -432,11 +437,8 @@ static void on_ack_message(struct chat_delivery *d, const char *sender, cJSON *r
     chat_json_add_int(r, "ts", (int64_t)ts);
     char *data = chat_json_print(r);
     cJSON_Delete(r);
-    struct chat_buf b = {0};
-    chat_sse_event(&b, "receipt", NULL, data, strlen(data));
+    struct event *ev = event_frame(EV_RECEIPT, "receipt", NULL, data);
     free(data);
-    struct event *ev = event_new(EV_RECEIPT, b.data, b.len);
-    chat_buf_cleanup(&b);
     fan_out(d, sender, ev);
 }
 
@@ -736,6 +738,20 @@ int chat_delivery_send(struct chat_delivery *d, const struct chat_send *in, stru
     return 0;
 }
 
+/* Rows this node marked delivered itself: stop their ACK timers here and
+ * send their receipts (as applied, so no origin applies them again). Frees
+ * acked. */
+static void delivered_here(struct chat_delivery *d, const char *user, struct chat_acked *acked,
+                           size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        pending_forget(d, acked[i].message_id);
+        publish_ack(d, d->node_id, acked[i].message_id, acked[i].from, user, acked[i].seq, true,
+                    "delivered");
+    }
+    free(acked);
+}
+
 /* Marks rows (after, up_to] that this node wrote from MySQL, and sends their
  * receipts: no origin waits for an ACK of a replayed row. */
 static void apply_written_range(struct chat_delivery *d, struct chat_store *st, const char *user,
@@ -748,12 +764,7 @@ static void apply_written_range(struct chat_delivery *d, struct chat_store *st, 
     if (chat_store_ack_range(st, user, after, up_to, d->cfg->ack_policy, chat_now_ms(), &acked,
                              &n) != 0)
         return; /* left PENDING: replayed again later */
-    for (size_t i = 0; i < n; i++) {
-        pending_forget(d, acked[i].message_id);
-        publish_ack(d, d->node_id, acked[i].message_id, acked[i].from, user, acked[i].seq, true,
-                    "delivered");
-    }
-    free(acked);
+    delivered_here(d, user, acked, n);
 }
 
 int chat_delivery_device_ack(struct chat_delivery *d, const char *user, const uint64_t *seqs,
@@ -768,12 +779,7 @@ int chat_delivery_device_ack(struct chat_delivery *d, const char *user, const ui
                                     &na);
     if (err)
         return err;
-    for (size_t i = 0; i < na; i++) {
-        pending_forget(d, acked[i].message_id);
-        publish_ack(d, d->node_id, acked[i].message_id, acked[i].from, user, acked[i].seq, true,
-                    "delivered");
-    }
-    free(acked);
+    delivered_here(d, user, acked, na);
     *count = na;
     return 0;
 }
