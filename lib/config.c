@@ -12,7 +12,7 @@
 #include "err.h"
 #include "log.h"
 
-enum key_type { KEY_INT, KEY_STR, KEY_MODE, KEY_POLICY, KEY_LEVEL };
+enum key_type { KEY_INT, KEY_BOOL, KEY_STR, KEY_MODE, KEY_POLICY, KEY_LEVEL };
 
 struct key {
     const char *section;
@@ -46,6 +46,9 @@ static const struct key keys[] = {
      "Required. HS256 key shared with the token issuer, at least 32 characters."},
     {"auth", "token_ttl", KEY_INT, OFF(token_ttl), "86400", 60, 31536000,
      "Lifetime in seconds of tokens minted by `chatctl token`."},
+    {"auth", "dev_tokens", KEY_BOOL, OFF(dev_tokens), "false", 0, 0,
+     "true serves POST /v1/dev/token, which mints a token for any user id without a password: "
+     "for a local development stack only, never in production."},
     {"mysql", "host", KEY_STR, OFF(mysql_host), "127.0.0.1", 0, 255, "MySQL/MariaDB host."},
     {"mysql", "port", KEY_INT, OFF(mysql_port), "3306", 1, 65535, "MySQL/MariaDB port."},
     {"mysql", "socket", KEY_STR, OFF(mysql_socket), "", 0, 1024,
@@ -148,6 +151,17 @@ static int set_key(struct chat_config *cfg, const struct key *k, const char *val
         *(int *)field = (int)v;
         return 0;
     }
+    case KEY_BOOL:
+        if (strcmp(value, "true") == 0 || strcmp(value, "1") == 0)
+            *(bool *)field = true;
+        else if (strcmp(value, "false") == 0 || strcmp(value, "0") == 0)
+            *(bool *)field = false;
+        else {
+            snprintf(err, errlen, "[%s] %s: \"%s\" is not one of true, false", k->section,
+                     k->name, value);
+            return CHAT_EINVAL;
+        }
+        return 0;
     case KEY_STR:
     case KEY_LEVEL: {
         size_t n = strlen(value);

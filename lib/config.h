@@ -26,6 +26,7 @@ struct chat_config {
     /* [auth] */
     char *jwt_secret;
     int token_ttl;
+    bool dev_tokens; /* POST /v1/dev/token: local stacks only */
     /* [mysql] */
     char *mysql_host;
     int mysql_port;

@@ -46,6 +46,7 @@ static const struct route routes[] = {
     {"DELETE", "/v1/blocks/{id}", AUTH_BEARER, api_put_block},
     {"GET", "/v1/blocks", AUTH_BEARER, api_get_blocks},
     {"GET", "/v1/presence", AUTH_BEARER, api_get_presence},
+    {"POST", "/v1/dev/token", AUTH_NONE, api_post_dev_token},
     {"GET", "/healthz", AUTH_NONE, api_healthz},
     {"GET", "/readyz", AUTH_NONE, api_readyz},
     {"GET", "/metrics", AUTH_NONE, api_metrics},

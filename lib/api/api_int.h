@@ -60,6 +60,7 @@ void api_put_block(struct api_ctx *c);
 void api_get_blocks(struct api_ctx *c);
 void api_post_ticket(struct api_ctx *c);
 void api_get_presence(struct api_ctx *c);
+void api_post_dev_token(struct api_ctx *c);
 void api_healthz(struct api_ctx *c);
 void api_readyz(struct api_ctx *c);
 void api_metrics(struct api_ctx *c);

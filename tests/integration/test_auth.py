@@ -7,8 +7,8 @@ import json
 import time
 import urllib.parse
 
-from chatlib import (SSEStream, assert_error, b64url, expect_json, get, jwt, node, post, secret,
-                     stream, token, uid)
+from chatlib import (SSEStream, assert_error, b64url, expect_json, get, jwt, node, now_ms, post,
+                     secret, stream, token, uid)
 
 
 def bad_tokens(user):
@@ -135,3 +135,16 @@ def test_valid_tokens_are_accepted():
         expect_json(r, 201)
     j = expect_json(get(n1, "/v1/inbox?status=all", token=token(bob)), 200)
     assert len(j["items"]) == 4, j
+
+
+def test_dev_token_endpoint_only_where_enabled():
+    # The test stack turns [auth] dev_tokens on for node1, node2 and the
+    # fronts' chat.fcgi (as `up` does); node3 keeps the shipped default, off.
+    alice, bob = uid("alice"), uid("bob")
+    r = post(node(1), "/v1/dev/token", {"user": alice})
+    j = expect_json(r, 201)
+    assert j["user"] == alice and j["expires_ts"] > now_ms(), j
+    expect_json(post(node(1), "/v1/messages", {"to": bob, "body": "dev"}, token=j["token"]), 201)
+    for bad in ({}, {"user": ""}, {"user": "bad user!"}, {"user": 7}, {"user": "u" * 65}):
+        assert_error(post(node(1), "/v1/dev/token", bad), 400, "bad_request")
+    assert_error(post(node(3), "/v1/dev/token", {"user": alice}), 404, "not_found")
