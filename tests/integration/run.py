@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the integration suite against a running stack.
 
-    python3 tests/integration/run.py [-k SUBSTRING]... [-j JOBS] [-t SECONDS] [-l]
+    python3 tests/integration/run.py [--dir DIR] [-k SUBSTRING]... [-j JOBS] [-t SECONDS] [-l]
 
 Discovers the functions test_* of the modules test_*.py beside this file (in
 file order, then definition order), runs each in its own Python process with
@@ -9,7 +9,9 @@ a time bound (default 60 s, or the function's `timeout` attribute), prints
 `PASS: name` or `FAIL: name` with the reason, or `SKIP: name: why` for a
 test that cannot apply to this door (chatlib.skip), and ends with a line
 `N skipped` and then exactly one line `N passed, N failed`. Exit code 1 when
-any test failed (or none was chosen).
+any test failed (or none was chosen). --dir runs the test_*.py of another
+folder (tests/faults) the same way, with chatlib still importable;
+CHAT_TEST_K (comma-separated) adds to -k.
 
 Tests run one at a time by default: a few read process-wide metrics of a
 node (chat_streams_open, chat_ack_timeouts_total), which other tests running
@@ -40,14 +42,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
 HERE = os.path.dirname(os.path.abspath(__file__))
+TEST_DIR = HERE  # where the test_*.py are: --dir
 DEFAULT_TIMEOUT = 60
 SKIP_EXIT = 77  # a child's exit code for chatlib.skip()
 
 
-def discover():
+def use_dir(d):
+    global TEST_DIR
+    TEST_DIR = os.path.abspath(d)
     sys.path.insert(0, HERE)
+    if TEST_DIR != HERE:
+        sys.path.insert(0, TEST_DIR)
+
+
+def discover():
     tests = []
-    for fn in sorted(os.listdir(HERE)):
+    for fn in sorted(os.listdir(TEST_DIR)):
         if not (fn.startswith("test_") and fn.endswith(".py")):
             continue
         modname = fn[:-3]
@@ -62,7 +72,6 @@ def discover():
 
 def child(name):
     """Runs one test in this process; exit 0 on success."""
-    sys.path.insert(0, HERE)
     modname, func = name.split(".", 1)
     import chatlib
     try:
@@ -85,7 +94,7 @@ def child(name):
 
 def run_one(name, timeout):
     t0 = time.monotonic()
-    cmd = [sys.executable, "-u", "-B", os.path.abspath(__file__), "--child", name]
+    cmd = [sys.executable, "-u", "-B", os.path.abspath(__file__), "--dir", TEST_DIR, "--child", name]
     try:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, timeout=timeout)
@@ -106,8 +115,11 @@ def main():
     ap.add_argument("-j", type=int, default=1, help="tests to run at once (default 1)")
     ap.add_argument("-t", type=int, default=None, help="per-test time bound in seconds (default 60)")
     ap.add_argument("-l", action="store_true", help="list the tests and exit")
+    ap.add_argument("--dir", default=HERE, help="the folder of the test_*.py (default: this one)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    use_dir(args.dir)
+    args.k += [k for k in os.environ.get("CHAT_TEST_K", "").split(",") if k]
 
     if args.child:
         child(args.child)
@@ -167,7 +179,7 @@ def main():
         with ThreadPoolExecutor(max_workers=args.j) as ex:
             for res in ex.map(lambda t: run_one(t[0], args.t or t[1]), tests):
                 report(res)
-    print("integration suite took %.1f s" % (time.monotonic() - t_start))
+    print("suite %s took %.1f s" % (os.path.basename(TEST_DIR), time.monotonic() - t_start))
     print("%d skipped" % skipped)
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
