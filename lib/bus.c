@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <unistd.h>
 #include <uthash.h>
 
@@ -39,6 +40,7 @@ static const char *const kind_names[] = {
     [CHAT_CHANNEL_ACK] = "ack",
     [CHAT_CHANNEL_CHAT] = "chat",
     [CHAT_KEY_PRESENCE] = "presence",
+    [CHAT_CHANNEL_NODE] = "node",
 };
 
 int chat_channel_name(char *out, size_t n, const char *prefix, enum chat_channel_kind kind,
@@ -59,7 +61,7 @@ int chat_channel_parse(const char *name, const char *prefix, enum chat_channel_k
             return -1;
         name += plen + 1;
     }
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < (int)(sizeof(kind_names) / sizeof(kind_names[0])); k++) {
         size_t klen = strlen(kind_names[k]);
         if (strncmp(name, kind_names[k], klen) == 0 && name[klen] == ':' && name[klen + 1]) {
             *kind = (enum chat_channel_kind)k;
@@ -153,6 +155,13 @@ struct chat_bus {
     bool stopping;
 
     atomic_bool sub_up, pub_up;
+
+    /* The watchdog (bus thread): this process's heartbeat channel, when the
+     * heartbeat in flight was sent (0: none), and when the subscriber last
+     * heard one (or was subscribed to it). */
+    char hb_channel[CHAT_CHANNEL_MAX];
+    int64_t hb_sent_ms;
+    int64_t hb_heard_ms;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -288,6 +297,13 @@ static void on_sub_reply(redisAsyncContext *ac, void *r, void *priv)
     if (!type || name->type != REDIS_REPLY_STRING || name->len >= CHAT_CHANNEL_MAX)
         return;
     struct chan *c = chan_get(bus, name->str, false);
+    if (c && c->kind == CHAT_CHANNEL_NODE) {
+        /* The heartbeat: a message, or the subscription confirmed. */
+        bus->hb_heard_ms = chat_mono_ms();
+        if (strcmp(type, "subscribe") == 0)
+            c->state = CHAN_SUBSCRIBED;
+        return;
+    }
     if (strcmp(type, "message") == 0) {
         redisReply *payload = reply->element[2];
         chat_metric_inc(bus_received);
@@ -448,6 +464,55 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     link_connect(arg);
 }
 
+/* Drops a link that is open but silent; it reconnects like a lost one.
+ * redisAsyncFree runs every pending callback with no reply (publishes in
+ * flight go back to the backlog) and then on_disconnect. */
+static void link_drop(struct link *l, int64_t silent_ms)
+{
+    chat_warn("redis: %s link silent for %lld ms; reconnecting", l->name, (long long)silent_ms);
+    redisAsyncContext *ac = l->ac;
+    redisAsyncFree(ac);
+    if (l->ac == ac) /* hiredis did not call on_disconnect (never connected) */
+        link_down(l);
+}
+
+static void on_heartbeat_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct chat_bus *bus = ac->data;
+    if (bus && r)
+        bus->hb_sent_ms = 0;
+}
+
+/* Once a second: checks both links and sends the next heartbeat. */
+static void watchdog(struct chat_bus *bus, int64_t now)
+{
+    int64_t limit = (int64_t)bus->cfg->redis_timeout * 1000;
+    if (!bus->pub.up) {
+        bus->hb_sent_ms = 0;
+    } else if (bus->hb_sent_ms && now - bus->hb_sent_ms > limit) {
+        link_drop(&bus->pub, now - bus->hb_sent_ms);
+        bus->hb_sent_ms = 0;
+    } else if (!bus->hb_sent_ms) {
+        char ms[24];
+        snprintf(ms, sizeof(ms), "%lld", (long long)now);
+        if (redisAsyncCommand(bus->pub.ac, on_heartbeat_reply, NULL, "PUBLISH %s %s",
+                              bus->hb_channel, ms) == REDIS_OK)
+            bus->hb_sent_ms = now;
+    }
+    struct chan *hb = chan_get(bus, bus->hb_channel, false);
+    if (!bus->sub.up || !hb || hb->state != CHAN_SUBSCRIBED) {
+        bus->hb_heard_ms = now;
+        return;
+    }
+    /* Heartbeats are being published (the publisher answers) but none
+     * arrives: the subscriber is the one cut off. */
+    bool pub_ok = bus->pub.up && (!bus->hb_sent_ms || now - bus->hb_sent_ms <= limit);
+    if (pub_ok && now - bus->hb_heard_ms > limit) {
+        link_drop(&bus->sub, now - bus->hb_heard_ms);
+        bus->hb_heard_ms = now;
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* The thread                                                               */
 /* ------------------------------------------------------------------------ */
@@ -520,12 +585,14 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         if (c->refs == 0 && c->state != CHAN_UNSUBSCRIBING && now - c->unused_since > LINGER_MS)
             unsubscribe(bus, c);
     }
+    watchdog(bus, now);
     bus->ops->on_tick(bus->ctx);
 }
 
 static void *bus_main(void *arg)
 {
     struct chat_bus *bus = arg;
+    do_ref(bus, bus->hb_channel); /* held for the life of the bus */
     link_connect(&bus->sub);
     link_connect(&bus->pub);
     event_base_dispatch(bus->base);
@@ -566,6 +633,15 @@ struct chat_bus *chat_bus_new(const struct chat_config *cfg, const struct chat_b
     bus->backlog_tail = &bus->backlog;
     bus->sub = (struct link){.bus = bus, .name = "subscriber"};
     bus->pub = (struct link){.bus = bus, .name = "publisher"};
+    /* The heartbeat channel: unique to this process (pid and a random part). */
+    char hb_id[48];
+    uint32_t r = 0;
+    if (getrandom(&r, sizeof(r), 0) != (ssize_t)sizeof(r))
+        r = (uint32_t)chat_mono_ms();
+    snprintf(hb_id, sizeof(hb_id), "%ld-%08lx", (long)getpid(), (unsigned long)r);
+    if (chat_channel_name(bus->hb_channel, sizeof(bus->hb_channel), cfg->channel_prefix,
+                          CHAT_CHANNEL_NODE, hb_id) < 0)
+        goto fail;
 
     bus->base = event_base_new();
     if (!bus->base)

@@ -9,7 +9,13 @@
  * comes back every channel in use is subscribed again and on_subscribed is
  * called for each, because Pub/Sub dropped whatever was published while it
  * was down: the caller catches up from MySQL. Publishes made while the
- * publisher link is down are kept (up to a bound) and sent once it is up. */
+ * publisher link is down are kept (up to a bound) and sent once it is up.
+ *
+ * A watchdog catches a link that is open but silent (a partition, a hung
+ * server): once a second the publisher sends a heartbeat on a channel only
+ * this process subscribes to. A publisher with no reply for [redis] timeout
+ * seconds, or a subscriber that hears no heartbeat for as long while the
+ * publisher works, is dropped and reconnected like a lost one. */
 #ifndef CHAT_BUS_H
 #define CHAT_BUS_H
 
@@ -23,7 +29,8 @@ enum chat_channel_kind {
     CHAT_CHANNEL_USER, /* <prefix>:user:<id>  new messages for a recipient */
     CHAT_CHANNEL_ACK,  /* <prefix>:ack:<id>   delivery ACKs for a sender */
     CHAT_CHANNEL_CHAT, /* <prefix>:chat:<id>  a group */
-    CHAT_KEY_PRESENCE  /* <prefix>:presence:<id>  a sorted set: node -> expiry ms */
+    CHAT_KEY_PRESENCE, /* <prefix>:presence:<id>  a sorted set: node -> expiry ms */
+    CHAT_CHANNEL_NODE  /* <prefix>:node:<id>  the bus's own heartbeat (watchdog) */
 };
 
 #define CHAT_CHANNEL_MAX 256

@@ -66,6 +66,9 @@ static const struct key keys[] = {
      "Redis AUTH password; empty for none."},
     {"redis", "channel_prefix", KEY_STR, OFF(channel_prefix), "chat", 0, 64,
      "Prefix of every channel name, so several deployments can share one Redis."},
+    {"redis", "timeout", KEY_INT, OFF(redis_timeout), "3", 1, 60,
+     "Seconds a Redis link may go without an answer (the watchdog's heartbeat) before it is "
+     "dropped and reconnected."},
     {"redis", "reconnect_max_ms", KEY_INT, OFF(redis_reconnect_max_ms), "5000", 100, 600000,
      "Cap of the reconnect backoff (it starts at 100 ms and doubles, with jitter)."},
     {"delivery", "mode", KEY_MODE, OFF(mode), "server", 0, 0,

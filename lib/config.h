@@ -42,6 +42,7 @@ struct chat_config {
     char *redis_password;
     char *channel_prefix;
     int redis_reconnect_max_ms;
+    int redis_timeout; /* seconds: the watchdog */
     /* [delivery] */
     enum chat_mode mode;
     enum chat_policy ack_policy;

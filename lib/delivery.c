@@ -498,6 +498,12 @@ static void bus_on_tick(void *ctx)
     if (refresh)
         d->next_presence_ms = now + ttl / 3;
 
+    /* Redis down: nothing arrives live, so every local stream and long-poll
+     * reads MySQL each tick instead (degraded, but nothing stops). Rows are
+     * marked by this node as they are written, so no ACK needs Redis. */
+    bool degraded = !chat_bus_up(d->bus);
+    atomic_store(&chat_metrics.bus_degraded, degraded ? 1 : 0);
+
     /* Keepalives and long-poll deadlines. */
     int64_t ka = (int64_t)d->cfg->keepalive * 1000;
     pthread_mutex_lock(&d->hub_lock);
@@ -514,16 +520,25 @@ static void bus_on_tick(void *ctx)
             chat_bus_command(d->bus, 3, pexpire);
         }
         for (struct chat_stream *s = e->streams; s; s = s->next) {
-            if (now - atomic_load(&s->last_write_ms) < ka - 500)
+            bool ka_due = now - atomic_load(&s->last_write_ms) >= ka - 500;
+            if (!ka_due && !degraded)
                 continue;
             pthread_mutex_lock(&s->lock);
-            s->keepalive_due = true;
+            s->keepalive_due |= ka_due;
+            s->need_catchup |= degraded;
             stream_kick(s);
             pthread_mutex_unlock(&s->lock);
+            if (degraded)
+                chat_metric_inc(bus_fallback_polls);
         }
-        for (struct chat_waiter *w = e->waiters; w; w = w->next)
-            if (w->deadline_ms <= now)
+        for (struct chat_waiter *w = e->waiters; w; w = w->next) {
+            if (w->deadline_ms <= now) {
                 waiter_signal(w, true);
+            } else if (degraded) {
+                waiter_signal(w, false);
+                chat_metric_inc(bus_fallback_polls);
+            }
+        }
     }
     pthread_mutex_unlock(&d->hub_lock);
 }

@@ -18,6 +18,8 @@ struct chat_metrics {
     atomic_long bus_publish_dropped; /* backlog full while Redis was down */
     atomic_long bus_received;
     atomic_long bus_reconnects;
+    atomic_long bus_fallback_polls; /* MySQL reads for local users while Redis is down */
+    atomic_long bus_degraded;       /* gauge: 1 while Redis is down */
     atomic_long catchups;            /* stream reads from MySQL to fill a gap */
     atomic_long streams_open;        /* gauge */
     atomic_long streams_closed_slow; /* closed for exceeding their buffer */
