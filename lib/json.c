@@ -51,16 +51,25 @@ bool chat_utf8_valid(const char *str, size_t n)
 }
 
 /* Checks what cJSON lets through: a control character inside a string
- * (RFC 8259 requires them escaped) and the escape \u0000, at which cJSON
- * would silently cut the string. Returns a reason, or NULL when clean. */
+ * (RFC 8259 requires them escaped), the escape \u0000, at which cJSON
+ * would silently cut the string, and nesting deeper than
+ * CHAT_JSON_MAX_DEPTH (cJSON's own limit is 1000 levels of recursion).
+ * Returns a reason, or NULL when clean. */
 static const char *string_problem(const char *s, size_t n)
 {
     bool in_string = false;
+    int depth = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (!in_string) {
-            if (c == '"')
+            if (c == '"') {
                 in_string = true;
+            } else if (c == '{' || c == '[') {
+                if (++depth > CHAT_JSON_MAX_DEPTH)
+                    return "the body nests objects and arrays more than 8 levels deep";
+            } else if (c == '}' || c == ']') {
+                depth--;
+            }
             continue;
         }
         if (c == '"') {

@@ -15,6 +15,10 @@
  * surrogates, nothing above U+10FFFF). */
 bool chat_utf8_valid(const char *s, size_t n);
 
+/* Objects and arrays nested deeper than this are refused: no request
+ * needs more, and a deep one only costs recursion. */
+#define CHAT_JSON_MAX_DEPTH 8
+
 /* Parses a request body that must be a JSON object. Returns the tree (the
  * caller frees it with cJSON_Delete) or NULL with *err set to CHAT_EINVAL and
  * a reason in why (static text). */

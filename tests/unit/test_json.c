@@ -118,6 +118,7 @@ static void assert_refused(const char *s, size_t len)
 }
 
 #define REFUSED(lit) assert_refused(lit, sizeof(lit) - 1)
+#define REFUSED_N(p, n) assert_refused(p, n)
 
 START_TEST(test_parse_object_ok)
 {
@@ -185,6 +186,45 @@ START_TEST(test_parse_object_malformed)
     REFUSED("{\"a\":\"bad escape \\q\"}");
     REFUSED("{\"a\":\"\\u12\"}");
     REFUSED("\x01");
+}
+END_TEST
+
+/* Nesting is bounded at CHAT_JSON_MAX_DEPTH; brackets inside strings do
+ * not count. */
+START_TEST(test_parse_object_depth)
+{
+    char body[6 * (CHAT_JSON_MAX_DEPTH + 2)];
+    int err;
+    const char *why;
+    for (int depth = 1; depth <= CHAT_JSON_MAX_DEPTH + 1; depth++) {
+        size_t n = 0;
+        body[n++] = '{';
+        for (int i = 1; i < depth; i++) {
+            memcpy(body + n, "\"a\":{", 5);
+            n += 5;
+        }
+        for (int i = 1; i < depth; i++)
+            body[n++] = '}';
+        body[n++] = '}';
+        cJSON *o = chat_json_parse_object(body, n, &err, &why);
+        if (depth <= CHAT_JSON_MAX_DEPTH) {
+            ck_assert_msg(o != NULL, "depth %d refused: %s", depth, why ? why : "");
+            cJSON_Delete(o);
+        } else {
+            ck_assert_ptr_null(o);
+            ck_assert_int_eq(err, CHAT_EINVAL);
+            ck_assert_ptr_nonnull(strstr(why, "deep"));
+        }
+    }
+    cJSON *o = parse("{\"body\": \"[[[[[[[[[[[[{{{{{{{{{{\"}", &err, &why);
+    ck_assert_ptr_nonnull(o);
+    cJSON_Delete(o);
+    /* A very deep body is refused without recursion. */
+    static char deep[200001];
+    deep[0] = '{';
+    memcpy(deep + 1, "\"a\":", 4);
+    memset(deep + 5, '[', sizeof(deep) - 5);
+    REFUSED_N(deep, sizeof(deep));
 }
 END_TEST
 
@@ -458,6 +498,7 @@ static Suite *json_suite(void)
     tcase_add_test(tc, test_parse_object_not_object);
     tcase_add_test(tc, test_parse_object_malformed);
     tcase_add_test(tc, test_parse_object_bad_utf8);
+    tcase_add_test(tc, test_parse_object_depth);
     tcase_add_test(tc, test_parse_object_nul_escape);
     tcase_add_test(tc, test_parse_object_lone_surrogate);
     tcase_add_test(tc, test_parse_object_escapes);
