@@ -1,0 +1,53 @@
+"""Least privilege: the servers' MariaDB account reads and writes rows and
+can do nothing else; the schema belongs to chat_admin (chatctl migrate)."""
+
+import configparser
+import os
+import subprocess
+
+from chatlib import door, skip
+
+
+def _node_mysql():
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(os.environ["CHAT_NODE_CONF1"])
+    return ini["mysql"]
+
+
+def _as_chat(sql):
+    m = _node_mysql()
+    # The password on stdin's config, not the command line.
+    cnf = "[client]\nuser=%s\npassword=%s\nhost=%s\nport=%s\n" % (
+        m["user"], m["password"], m["host"], m["port"])
+    r, w = os.pipe()
+    os.write(w, cnf.encode())
+    os.close(w)
+    try:
+        p = subprocess.run(["mariadb", "--defaults-file=/dev/fd/%d" % r, m["database"], "-N", "-e", sql],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(r,), timeout=20)
+    finally:
+        os.close(r)
+    return p.returncode, p.stdout.decode("utf-8", "replace")
+
+
+def test_server_account_cannot_change_the_schema():
+    if door() != "chatd":
+        skip("a property of the stack's accounts; one run is enough")
+    m = _node_mysql()
+    assert m["user"] == "chat", m["user"]
+    rc, out = _as_chat("SELECT COUNT(*) FROM messages")
+    assert rc == 0, out
+    rc, out = _as_chat("SHOW GRANTS")
+    assert rc == 0, out
+    allowed = {"USAGE", "SELECT", "INSERT", "UPDATE", "DELETE"}
+    for line in out.splitlines():
+        # GRANT <privileges> ON <what> TO <who> [IDENTIFIED BY ...] [WITH GRANT OPTION]
+        head, _, rest = line.partition(" ON ")
+        assert head.startswith("GRANT "), line
+        privs = {p.strip().upper() for p in head[len("GRANT "):].split(",")}
+        assert privs <= allowed, "the chat account has %s: %s" % (sorted(privs - allowed), line)
+        assert "WITH GRANT OPTION" not in rest.upper(), line
+    for sql in ("CREATE TABLE t_priv (a INT)", "DROP TABLE messages", "ALTER TABLE messages ADD x INT",
+                "TRUNCATE TABLE messages", "CREATE DATABASE evil", "SELECT user FROM mysql.user"):
+        rc, out = _as_chat(sql)
+        assert rc != 0 and "denied" in out.lower(), "%s: rc %d, %s" % (sql, rc, out)
