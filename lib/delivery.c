@@ -553,36 +553,41 @@ static const struct chat_bus_ops bus_ops = {
 /* The ACK worker: applies ACKs of messages this node stored                */
 /* ------------------------------------------------------------------------ */
 
+/* Rows per ACK transaction at most. */
+#define ACK_BATCH_MAX 512
+
+/* Takes every ACK queued so far and applies them together, one commit per
+ * batch: under load many ACKs share one fsync. */
 static void *ack_main(void *arg)
 {
     struct chat_delivery *d = arg;
     struct chat_store *st = chat_store_local(d->cfg);
+    struct chat_row_ref *refs = chat_xcalloc(ACK_BATCH_MAX, sizeof(*refs));
     pthread_mutex_lock(&d->ack_lock);
     while (!d->ack_stop) {
         if (!d->acks) {
             pthread_cond_wait(&d->ack_cond, &d->ack_lock);
             continue;
         }
-        struct ack_job *j = d->acks;
-        d->acks = NULL;
-        d->acks_tail = &d->acks;
-        pthread_mutex_unlock(&d->ack_lock);
-        while (j) {
-            struct ack_job *next = j->next;
-            struct chat_acked *acked = NULL;
-            size_t n = 0;
-            /* A failure leaves the row PENDING: it is replayed, not lost. */
-            if (chat_store_ack(st, j->user, &j->seq, 1, d->cfg->ack_policy, chat_now_ms(), &acked,
-                               &n) != 0)
-                chat_warn("ack of %s seq %llu not applied: MySQL unavailable", j->user,
-                          (unsigned long long)j->seq);
-            free(acked);
+        size_t n = 0;
+        while (d->acks && n < ACK_BATCH_MAX) {
+            struct ack_job *j = d->acks;
+            d->acks = j->next;
+            snprintf(refs[n].user, sizeof(refs[n].user), "%s", j->user);
+            refs[n].seq = j->seq;
+            n++;
             free(j);
-            j = next;
         }
+        if (!d->acks)
+            d->acks_tail = &d->acks;
+        pthread_mutex_unlock(&d->ack_lock);
+        /* A failure leaves the rows PENDING: they are replayed, not lost. */
+        if (chat_store_ack_batch(st, refs, n, d->cfg->ack_policy, chat_now_ms(), NULL) != 0)
+            chat_warn("%zu ACKs not applied: MySQL unavailable", n);
         pthread_mutex_lock(&d->ack_lock);
     }
     pthread_mutex_unlock(&d->ack_lock);
+    free(refs);
     return NULL;
 }
 

@@ -1661,6 +1661,66 @@ int chat_store_ack_range(struct chat_store *s, const char *user, uint64_t after,
     return 0;
 }
 
+static int cmp_row_ref(const void *a, const void *b)
+{
+    const struct chat_row_ref *x = a, *y = b;
+    int c = strcmp(x->user, y->user);
+    return c ? c : (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+static int ack_batch_once(struct chat_store *s, const struct chat_row_ref *refs, size_t n,
+                          enum chat_policy policy, int64_t now_ms, size_t *applied)
+{
+    *applied = 0;
+    int err = begin(s);
+    if (err)
+        return err;
+    for (size_t i = 0; i < n; i++) {
+        if (refs[i].seq == 0)
+            continue;
+        unsigned long ulen;
+        uint64_t after = refs[i].seq - 1, last = refs[i].seq;
+        int64_t ts = now_ms;
+        MYSQL_BIND par[4];
+        MYSQL_STMT *st;
+        size_t k = 0;
+        if (policy == CHAT_POLICY_MARK)
+            bind_i64(&par[k++], &ts);
+        bind_str(&par[k++], refs[i].user, &ulen);
+        bind_u64(&par[k++], &after);
+        bind_u64(&par[k++], &last);
+        err = run(s, policy == CHAT_POLICY_MARK ? S_ACK_MARK : S_ACK_DELETE, par, NULL, &st);
+        if (err) {
+            rollback(s);
+            return err;
+        }
+        *applied += (size_t)mysql_stmt_affected_rows(st);
+    }
+    return commit(s);
+}
+
+int chat_store_ack_batch(struct chat_store *s, struct chat_row_ref *refs, size_t n,
+                         enum chat_policy policy, int64_t now_ms, size_t *applied)
+{
+    size_t dummy;
+    if (!applied)
+        applied = &dummy;
+    *applied = 0;
+    /* One order for every batch: concurrent batches never deadlock. */
+    qsort(refs, n, sizeof(*refs), cmp_row_ref);
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int err = ack_batch_once(s, refs, n, policy, now_ms, applied);
+        if (err == 0) {
+            atomic_fetch_add(&chat_metrics.acks_applied, (long)*applied);
+            return 0;
+        }
+        *applied = 0;
+        if (err != ER_LOCK_DEADLOCK && err != ER_LOCK_WAIT_TIMEOUT)
+            return err < 0 ? err : CHAT_EUNAVAIL;
+    }
+    return CHAT_EUNAVAIL;
+}
+
 int chat_store_ack(struct chat_store *s, const char *user, const uint64_t *seqs, size_t n,
                    enum chat_policy policy, int64_t now_ms, struct chat_acked **acked,
                    size_t *nacked)

@@ -139,6 +139,19 @@ int chat_store_inbox(struct chat_store *st, const char *user, uint64_t after, bo
 /* The highest seq the user has ever been given (0 for none). */
 int chat_store_last_seq(struct chat_store *st, const char *user, uint64_t *seq);
 
+/* One inbox row, for chat_store_ack_batch. */
+struct chat_row_ref {
+    char user[CHAT_USER_MAX + 1];
+    uint64_t seq;
+};
+
+/* Marks DELIVERED (or deletes, per policy) every listed row that is still
+ * PENDING, all in one transaction: one commit for many ACKs. Sorts refs.
+ * *applied (may be NULL) counts the rows changed. 0 or CHAT_EUNAVAIL; on
+ * failure nothing changed (the rows stay PENDING and are replayed). */
+int chat_store_ack_batch(struct chat_store *st, struct chat_row_ref *refs, size_t n,
+                         enum chat_policy policy, int64_t now_ms, size_t *applied);
+
 /* Marks DELIVERED (or deletes, per policy) the user's PENDING rows listed in
  * seqs. Fills *acked (caller frees with free()) with the rows it changed.
  * 0 or CHAT_EUNAVAIL. */
