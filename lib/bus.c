@@ -454,9 +454,14 @@ static void link_connect(struct link *l)
     redisLibeventAttach(ac, bus->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    /* Commands queue up until the connection completes; AUTH goes first. */
-    if (bus->cfg->redis_password[0])
-        redisAsyncCommand(ac, on_auth_reply, NULL, "AUTH %s", bus->cfg->redis_password);
+    /* Commands queue up until the connection completes; AUTH goes first
+     * (with a user name: a Redis 6 ACL user). */
+    const struct chat_config *cfg = bus->cfg;
+    if (cfg->redis_password[0] && cfg->redis_user[0])
+        redisAsyncCommand(ac, on_auth_reply, NULL, "AUTH %s %s", cfg->redis_user,
+                          cfg->redis_password);
+    else if (cfg->redis_password[0])
+        redisAsyncCommand(ac, on_auth_reply, NULL, "AUTH %s", cfg->redis_password);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
@@ -833,7 +838,10 @@ static redisContext *sync_ctx(struct chat_bus *bus)
     }
     redisSetTimeout(c, tv);
     if (bus->cfg->redis_password[0]) {
-        redisReply *r = redisCommand(c, "AUTH %s", bus->cfg->redis_password);
+        const struct chat_config *cfg = bus->cfg;
+        redisReply *r = cfg->redis_user[0]
+                            ? redisCommand(c, "AUTH %s %s", cfg->redis_user, cfg->redis_password)
+                            : redisCommand(c, "AUTH %s", cfg->redis_password);
         bool ok = r && r->type != REDIS_REPLY_ERROR;
         freeReplyObject(r);
         if (!ok) {

@@ -62,6 +62,8 @@ static const struct key keys[] = {
      "Seconds to wait for a MySQL reply before the request gets 503."},
     {"redis", "host", KEY_STR, OFF(redis_host), "127.0.0.1", 1, 255, "Redis host."},
     {"redis", "port", KEY_INT, OFF(redis_port), "6379", 1, 65535, "Redis port."},
+    {"redis", "user", KEY_STR, OFF(redis_user), "", 0, 255,
+     "Redis ACL user (Redis 6 and later) for AUTH with the password; empty: the password alone."},
     {"redis", "password", KEY_STR, OFF(redis_password), "", 0, 255,
      "Redis AUTH password; empty for none."},
     {"redis", "channel_prefix", KEY_STR, OFF(channel_prefix), "chat", 0, 64,

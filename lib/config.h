@@ -39,6 +39,7 @@ struct chat_config {
     /* [redis] */
     char *redis_host;
     int redis_port;
+    char *redis_user;
     char *redis_password;
     char *channel_prefix;
     int redis_reconnect_max_ms;

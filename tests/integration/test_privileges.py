@@ -51,3 +51,27 @@ def test_server_account_cannot_change_the_schema():
                 "TRUNCATE TABLE messages", "CREATE DATABASE evil", "SELECT user FROM mysql.user"):
         rc, out = _as_chat(sql)
         assert rc != 0 and "denied" in out.lower(), "%s: rc %d, %s" % (sql, rc, out)
+
+
+def _redis_as_chat(*args):
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(os.environ["CHAT_NODE_CONF1"])
+    r = ini["redis"]
+    env = dict(os.environ, REDISCLI_AUTH=r["password"])
+    p = subprocess.run(["redis-cli", "--no-auth-warning", "-h", r["host"], "-p", r["port"],
+                        "--user", r["user"]] + list(args),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=10)
+    return p.stdout.decode("utf-8", "replace").strip()
+
+
+def test_server_redis_user_has_only_pubsub_and_presence():
+    if door() != "chatd":
+        skip("a property of the stack's accounts; one run is enough")
+    assert _redis_as_chat("PING") == "PONG"
+    assert _redis_as_chat("PUBLISH", "t:user:nobody", "x").isdigit()
+    assert _redis_as_chat("ZCOUNT", "t:presence:nobody", "0", "+inf") == "0"
+    for cmd in (["CONFIG", "GET", "maxmemory"], ["FLUSHALL"], ["SET", "t:presence:x", "1"],
+                ["KEYS", "*"], ["DEBUG", "SLEEP", "0"], ["SHUTDOWN", "NOSAVE"],
+                ["ZADD", "other:key", "1", "x"], ["ACL", "LIST"], ["CLIENT", "LIST"]):
+        out = _redis_as_chat(*cmd)
+        assert "NOPERM" in out, "%s: %r" % (" ".join(cmd), out)
