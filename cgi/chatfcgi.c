@@ -118,13 +118,40 @@ static void write_response(FCGX_Request *fr, const struct chat_response *resp)
     chat_buf_cleanup(&head);
 }
 
+/* Reads a body that came without CONTENT_LENGTH (Apache's mod_proxy_fcgi
+ * passes a chunked request body on as it comes): up to the end of stdin,
+ * at most max bytes. */
+static char *read_body_to_end(FCGX_Request *fr, int max, size_t *len, bool *too_large)
+{
+    struct chat_buf b = {0};
+    char chunk[8192];
+    int got;
+    while ((got = FCGX_GetStr(chunk, sizeof(chunk), fr->in)) > 0) {
+        if (b.len + (size_t)got > (size_t)max) {
+            *too_large = true; /* libfcgi discards the unread rest */
+            chat_buf_cleanup(&b);
+            return NULL;
+        }
+        chat_buf_append(&b, chunk, (size_t)got);
+    }
+    if (b.len == 0) {
+        chat_buf_cleanup(&b);
+        return NULL;
+    }
+    *len = b.len;
+    chat_buf_append(&b, "", 1); /* NUL-terminated, as below */
+    return chat_buf_steal(&b);
+}
+
 /* Reads the body, at most max bytes; sets *too_large past that. */
 static char *read_body(FCGX_Request *fr, int max, size_t *len, bool *too_large)
 {
     *len = 0;
     *too_large = false;
     const char *cl = FCGX_GetParam("CONTENT_LENGTH", fr->envp);
-    long want = cl ? strtol(cl, NULL, 10) : 0;
+    if (!cl || !*cl)
+        return read_body_to_end(fr, max, len, too_large);
+    long want = strtol(cl, NULL, 10);
     if (want <= 0)
         return NULL;
     if (want > max) {
