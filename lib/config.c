@@ -60,6 +60,9 @@ static const struct key keys[] = {
      "Seconds to wait for a MySQL connection."},
     {"mysql", "read_timeout", KEY_INT, OFF(mysql_read_timeout), "5", 1, 600,
      "Seconds to wait for a MySQL reply before the request gets 503."},
+    {"mysql", "send_batch", KEY_INT, OFF(send_batch), "32", 1, 1024,
+     "Sends written together in one transaction at most (group commit: sends that arrive while "
+     "one is being written share the next COMMIT); 1 writes each alone."},
     {"redis", "host", KEY_STR, OFF(redis_host), "127.0.0.1", 1, 255, "Redis host."},
     {"redis", "port", KEY_INT, OFF(redis_port), "6379", 1, 65535, "Redis port."},
     {"redis", "user", KEY_STR, OFF(redis_user), "", 0, 255,

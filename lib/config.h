@@ -36,6 +36,7 @@ struct chat_config {
     char *mysql_database;
     int mysql_connect_timeout;
     int mysql_read_timeout;
+    int send_batch; /* group commit: sends per transaction at most */
     /* [redis] */
     char *redis_host;
     int redis_port;

@@ -42,6 +42,11 @@ static const struct metric_row rows[] = {
      "Streams closed for exceeding stream_buffer_bytes."},
     {"chat_polls_waiting", GAUGE, M(polls_waiting), "Long-polls held now."},
     {"chat_store_errors_total", COUNTER, M(store_errors), "MySQL errors."},
+    {"chat_send_batches_total", COUNTER, M(send_batches),
+     "Send transactions: each commits one or more sends (group commit)."},
+    {"chat_send_batched_total", COUNTER, M(send_batched), "Sends written by those transactions."},
+    {"chat_send_batches_split_total", COUNTER, M(send_batches_split),
+     "Batches that failed (a lock conflict, a repeated client_msg_id) and went one by one."},
 };
 
 void chat_metrics_count_status(int status)

@@ -25,6 +25,9 @@ struct chat_metrics {
     atomic_long streams_closed_slow; /* closed for exceeding their buffer */
     atomic_long polls_waiting;       /* gauge */
     atomic_long store_errors;
+    atomic_long send_batches;       /* send transactions (group commit) */
+    atomic_long send_batched;       /* sends written in them */
+    atomic_long send_batches_split; /* batches that failed and went one by one */
     atomic_long http_requests[6]; /* by status class: 1xx..5xx, [0] other */
 };
 

@@ -785,20 +785,24 @@ static int conv_upsert(struct chat_store *s, const char *user, const char *conv_
     return run(s, S_CONV_UPSERT, par, NULL, &st);
 }
 
-/* One attempt of the send transaction. Returns 0, a MySQL errno (> 0) the
- * caller may retry, or a negative chat_err. */
-static int send_once(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
+/* A refusal of send_targets, which comes before the send writes anything. */
+static bool send_refused(int err)
+{
+    return err == CHAT_EBLOCKED || err == CHAT_ENOTFOUND || err == CHAT_EFORBIDDEN;
+}
+
+/* The rows of one send, in the open transaction. Returns 0, a MySQL errno
+ * (> 0) the caller may retry, or a negative chat_err: a refusal
+ * (send_refused) before anything was written, or CHAT_EUNAVAIL. */
+static int send_rows(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
 {
     struct chat_item *it = &out->item;
     free(out->targets);
     out->targets = NULL;
     out->ntargets = 0;
-    int err = begin(s);
+    int err = send_targets(s, in, out);
     if (err)
         return err;
-    err = send_targets(s, in, out);
-    if (err)
-        goto fail;
     char conv[CHAT_CONV_KEY_MAX + 1];
     if (in->to)
         chat_conv_key_direct(conv, in->from, in->to);
@@ -827,7 +831,7 @@ static int send_once(struct chat_store *s, const struct chat_send *in, struct ch
     MYSQL_STMT *st;
     err = run(s, S_INS_MSG, par, NULL, &st);
     if (err)
-        goto fail;
+        return err;
     uint64_t pk = mysql_stmt_insert_id(st);
 
     /* Seq row locks first, in user order, then conversation rows in user
@@ -838,7 +842,7 @@ static int send_once(struct chat_store *s, const struct chat_send *in, struct ch
         bind_str(&spar[0], t->user, &l[0]);
         err = run(s, S_SEQ, spar, NULL, &st);
         if (err)
-            goto fail;
+            return err;
         t->seq = mysql_stmt_insert_id(st);
         MYSQL_BIND ipar[4];
         bind_str(&ipar[0], t->user, &l[0]);
@@ -851,7 +855,7 @@ static int send_once(struct chat_store *s, const struct chat_send *in, struct ch
             bind_null(&ipar[3]);
         err = run(s, S_INS_INBOX, ipar, NULL, &st);
         if (err)
-            goto fail;
+            return err;
     }
     bool sender_done = false;
     for (size_t i = 0; i <= out->ntargets; i++) {
@@ -861,21 +865,169 @@ static int send_once(struct chat_store *s, const struct chat_send *in, struct ch
             bool self = user && strcmp(in->from, user) == 0;
             err = conv_upsert(s, in->from, conv, pk, it->ts, self ? 1 : 0);
             if (err)
-                goto fail;
+                return err;
             if (self)
                 continue;
         }
         if (user && (err = conv_upsert(s, user, conv, pk, it->ts, 1)) != 0)
-            goto fail;
+            return err;
     }
-    err = commit(s);
-    if (err)
-        return err;
     it->seq = out->ntargets == 1 && in->to ? out->targets[0].seq : 0;
     return 0;
-fail:
+}
+
+/* One attempt of the send transaction, alone. */
+static int send_once(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
+{
+    int err = begin(s);
+    if (err)
+        return err;
+    err = send_rows(s, in, out);
+    if (err) {
+        rollback(s);
+        return err;
+    }
+    return commit(s);
+}
+
+/* What a successful send hands back besides the rows' ids. */
+static void send_done(const struct chat_send *in, struct chat_sent *out)
+{
+    out->item.body = chat_xstrndup(in->body, in->body_len);
+    out->item.body_len = in->body_len;
+    out->created = true;
+}
+
+/* A send in a transaction of its own, retried after a lock conflict. */
+static int send_alone(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
+{
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int err = send_once(s, in, out);
+        if (err == 0) {
+            send_done(in, out);
+            return 0;
+        }
+        if (err == ER_DUP_ENTRY && in->client_msg_id) {
+            /* A concurrent send with the same client_msg_id won the race. */
+            chat_sent_cleanup(out);
+            return find_client_msg(s, in, out);
+        }
+        if (err != ER_LOCK_DEADLOCK && err != ER_LOCK_WAIT_TIMEOUT) {
+            chat_sent_cleanup(out);
+            return err < 0 ? err : CHAT_EUNAVAIL;
+        }
+        chat_info("mysql: send retried after lock conflict %d", err);
+    }
+    chat_sent_cleanup(out);
+    return CHAT_EUNAVAIL;
+}
+
+/* Group commit. Sends that arrive while another thread's batch is being
+ * written queue up; the next thread to find none being written takes the
+ * queue (up to [mysql] send_batch) and writes it all in one transaction on
+ * its own connection: one COMMIT, one log flush, for all of them. Every
+ * sender still answers only after the COMMIT that holds its rows. */
+struct send_req {
+    struct send_req *next;
+    const struct chat_send *in;
+    struct chat_sent *out;
+    int err;
+    bool done;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct send_req *head, **tail;
+    bool busy; /* a thread is writing a batch */
+} batcher = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, false};
+
+/* The lock order of a batch: by recipient (or group), as in one send. */
+static int cmp_send_req(const void *a, const void *b)
+{
+    const struct send_req *x = *(struct send_req *const *)a, *y = *(struct send_req *const *)b;
+    return strcmp(x->in->to ? x->in->to : x->in->chat, y->in->to ? y->in->to : y->in->chat);
+}
+
+static void send_batch(struct chat_store *s, struct send_req **reqs, size_t n)
+{
+    if (n == 1) {
+        reqs[0]->err = send_alone(s, reqs[0]->in, reqs[0]->out);
+        return;
+    }
+    qsort(reqs, n, sizeof(*reqs), cmp_send_req);
+    int err = begin(s);
+    for (size_t i = 0; !err && i < n; i++) {
+        err = send_rows(s, reqs[i]->in, reqs[i]->out);
+        reqs[i]->err = err;
+        if (send_refused(err))
+            err = 0; /* nothing of it was written: the others go on */
+    }
+    if (!err) {
+        err = commit(s);
+        for (size_t i = 0; i < n; i++) {
+            struct send_req *r = reqs[i];
+            if (send_refused(r->err)) {
+                chat_sent_cleanup(r->out);
+            } else if (err) {
+                /* The COMMIT failed: as for a send alone, no 201. */
+                chat_sent_cleanup(r->out);
+                r->err = CHAT_EUNAVAIL;
+            } else {
+                send_done(r->in, r->out);
+            }
+        }
+        return;
+    }
+    /* A statement failed (a lock conflict, a client_msg_id raced, the
+     * connection): nothing was committed; each send goes alone. */
     rollback(s);
-    return err;
+    chat_debug("mysql: a batch of %zu sends failed (%d); sending them one by one", n, err);
+    chat_metric_inc(send_batches_split);
+    for (size_t i = 0; i < n; i++) {
+        struct send_req *r = reqs[i];
+        chat_sent_cleanup(r->out);
+        if (!send_refused(r->err))
+            r->err = send_alone(s, r->in, r->out);
+    }
+}
+
+static int send_batched(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
+{
+    size_t cap = (size_t)s->cfg->send_batch;
+    struct send_req me = {.in = in, .out = out};
+    struct send_req **reqs = chat_xcalloc(cap, sizeof(*reqs));
+    pthread_mutex_lock(&batcher.lock);
+    if (!batcher.tail)
+        batcher.tail = &batcher.head;
+    *batcher.tail = &me;
+    batcher.tail = &me.next;
+    while (!me.done) {
+        if (batcher.busy) {
+            pthread_cond_wait(&batcher.cond, &batcher.lock);
+            continue;
+        }
+        batcher.busy = true;
+        size_t n = 0;
+        while (batcher.head && n < cap) {
+            reqs[n++] = batcher.head;
+            batcher.head = batcher.head->next;
+        }
+        if (!batcher.head)
+            batcher.tail = &batcher.head;
+        pthread_mutex_unlock(&batcher.lock);
+        send_batch(s, reqs, n);
+        chat_metric_inc(send_batches);
+        atomic_fetch_add(&chat_metrics.send_batched, (long)n);
+        pthread_mutex_lock(&batcher.lock);
+        for (size_t i = 0; i < n; i++)
+            reqs[i]->done = true;
+        batcher.busy = false;
+        pthread_cond_broadcast(&batcher.cond);
+    }
+    pthread_mutex_unlock(&batcher.lock);
+    free(reqs);
+    return me.err;
 }
 
 int chat_store_send(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
@@ -893,27 +1045,9 @@ int chat_store_send(struct chat_store *s, const struct chat_send *in, struct cha
     snprintf(it->to, sizeof(it->to), "%s", in->to ? in->to : "");
     snprintf(it->chat, sizeof(it->chat), "%s", in->chat ? in->chat : "");
     it->status = CHAT_STATUS_PENDING;
-    for (int attempt = 0; attempt < 3; attempt++) {
-        int err = send_once(s, in, out);
-        if (err == 0) {
-            it->body = chat_xstrndup(in->body, in->body_len);
-            it->body_len = in->body_len;
-            out->created = true;
-            return 0;
-        }
-        if (err == ER_DUP_ENTRY && in->client_msg_id) {
-            /* A concurrent send with the same client_msg_id won the race. */
-            chat_sent_cleanup(out);
-            return find_client_msg(s, in, out);
-        }
-        if (err != ER_LOCK_DEADLOCK && err != ER_LOCK_WAIT_TIMEOUT) {
-            chat_sent_cleanup(out);
-            return err < 0 ? err : CHAT_EUNAVAIL;
-        }
-        chat_info("mysql: send retried after lock conflict %d", err);
-    }
-    chat_sent_cleanup(out);
-    return CHAT_EUNAVAIL;
+    if (s->cfg->send_batch > 1)
+        return send_batched(s, in, out);
+    return send_alone(s, in, out);
 }
 
 void chat_sent_cleanup(struct chat_sent *sent)
