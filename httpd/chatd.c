@@ -16,6 +16,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <uthash.h>
 #include <unistd.h>
 
@@ -63,12 +64,14 @@ struct req {
     bool too_large;
     bool bad_framing; /* duplicate Content-Length, or it with Transfer-Encoding */
     bool started;     /* creq is built */
+    bool answered;    /* an error was queued from the head alone */
     struct chat_request creq;
 };
 
 /* The door side of an SSE stream: owned by the MHD response. */
 struct sse {
     struct MHD_Connection *conn;
+    int fd; /* the connection's socket, open until sse_free returns; -1 unknown */
     struct chat_stream *stream;
     struct hangup_watch *watch;
     uint64_t id; /* in the watch; 0 when not watched */
@@ -116,17 +119,38 @@ static const char *req_arg(void *door, const char *name)
 struct framing {
     int content_length;
     int transfer_encoding;
+    bool other_coding; /* a Transfer-Encoding other than exactly "chunked" */
 };
 
 static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key,
                                      const char *value)
 {
     struct framing *f = cls;
-    if (strcasecmp(key, "Content-Length") == 0)
+    if (strcasecmp(key, "Content-Length") == 0) {
         f->content_length++;
-    else if (strcasecmp(key, "Transfer-Encoding") == 0)
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
         f->transfer_encoding++;
+        if (strcasecmp(value, "chunked") != 0)
+            f->other_coding = true;
+    }
     return MHD_YES;
+}
+
+/* Why the head of a request already rules it out, or NULL. libmicrohttpd
+ * 0.9.75 takes the first of two Content-Length headers and ignores the
+ * second (request smuggling), and waits for a body it cannot frame under a
+ * transfer coding it does not know (gzip, identity) until the connection
+ * times out: both are refused here, before any body is read. */
+static const char *framing_problem(struct MHD_Connection *conn)
+{
+    struct framing f = {0, 0, false};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_framing, &f);
+    if (f.content_length > 1 || (f.content_length && f.transfer_encoding))
+        return "ambiguous message framing: more than one Content-Length, "
+               "or Content-Length with Transfer-Encoding";
+    if (f.transfer_encoding > 1 || f.other_coding)
+        return "unsupported Transfer-Encoding: only chunked is accepted";
+    return NULL;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -220,6 +244,17 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
     return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
 }
 
+/* shutdown(), not close(): the descriptor stays libmicrohttpd's, which sees
+ * the socket fail, closes it and frees the response. The stream calls this
+ * only before sse_free has closed it, and libmicrohttpd closes the socket
+ * only after sse_free returns, so fd is still this connection's. */
+static void sse_drop(void *door)
+{
+    struct sse *s = door;
+    if (s->fd >= 0)
+        shutdown(s->fd, SHUT_RDWR);
+}
+
 static void sse_free(void *cls)
 {
     struct sse *s = cls;
@@ -257,7 +292,11 @@ static enum MHD_Result queue_stream(struct req *r, struct chat_response *resp)
     s->stream = resp->stream;
     /* The stream parks through its own door struct: it outlives the request
      * record, which MHD may release first. */
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    s->fd = ci ? ci->connect_fd : -1;
     chat_stream_set_door(s->stream, sse_park, sse_wake, s);
+    chat_stream_set_drop(s->stream, sse_drop);
     struct MHD_Response *mr =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, sse_read, s, sse_free);
     if (!mr) {
@@ -273,6 +312,21 @@ static enum MHD_Result queue_stream(struct req *r, struct chat_response *resp)
     return ret;
 }
 
+/* Answers err (a chat_err) with the API's JSON error and closes the
+ * connection after it. */
+static enum MHD_Result queue_error(struct req *r, int err, const char *message)
+{
+    struct chat_response resp;
+    memset(&resp, 0, sizeof(resp));
+    resp.status = chat_err_status(err);
+    resp.content_type = "application/json; charset=utf-8";
+    resp.body = chat_json_error(chat_err_code(err), message);
+    resp.body_len = strlen(resp.body);
+    chat_metrics_count_status(resp.status);
+    r->answered = true;
+    return queue_body(r, &resp);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
@@ -284,15 +338,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->chatd = chatd;
         r->conn = conn;
         *con_cls = r;
-        /* libmicrohttpd 0.9.75 uses the first Content-Length and ignores a
-         * second one: refuse ambiguous framing (request smuggling). */
-        struct framing f = {0, 0};
-        MHD_get_connection_values(conn, MHD_HEADER_KIND, count_framing, &f);
-        if (f.content_length > 1 || (f.content_length && f.transfer_encoding))
+        /* Refusals that the head decides are answered now, in the first
+         * call: libmicrohttpd then reads no body, sends no 100 Continue and
+         * closes the connection after the answer. */
+        const char *why = framing_problem(conn);
+        if (why) {
             r->bad_framing = true;
+            return queue_error(r, CHAT_EINVAL, why);
+        }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)chatd->cfg.max_body_bytes)
+        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)chatd->cfg.max_body_bytes) {
             r->too_large = true;
+            return queue_error(r, CHAT_ETOOLARGE, "the body is larger than max_body_bytes");
+        }
+        return MHD_YES;
+    }
+    if (r->answered) {
+        *upload_data_size = 0; /* libmicrohttpd discards the rest itself */
         return MHD_YES;
     }
     if (*upload_data_size) {
@@ -309,16 +371,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     struct chat_response resp;
     memset(&resp, 0, sizeof(resp));
-    if (r->bad_framing) {
-        resp.status = 400;
-        resp.content_type = "application/json; charset=utf-8";
-        resp.body = chat_json_error("bad_request",
-                                    "ambiguous message framing: more than one Content-Length, "
-                                    "or Content-Length with Transfer-Encoding");
-        resp.body_len = strlen(resp.body);
-        chat_metrics_count_status(400);
-        return queue_body(r, &resp);
-    }
     if (!r->started) {
         r->started = true;
         r->creq = (struct chat_request){

@@ -46,6 +46,23 @@ static bool token_shape_ok(const char *t)
     return parts == 3 && run > 0;
 }
 
+/* True when json (a claim's JSON text) is a number no later than limit.
+ * A fraction counts: 1700000000.5 is after 1700000000. */
+static bool nbf_not_after(const char *json, int64_t limit)
+{
+    const char *p = json;
+    if (*p == '-')
+        p++;
+    if (*p < '0' || *p > '9')
+        return false; /* a string, null, true, an object: not a NumericDate */
+    char *end;
+    errno = 0;
+    double v = strtod(json, &end);
+    if (errno != 0 || *end != '\0')
+        return false;
+    return v <= (double)limit;
+}
+
 int chat_auth_verify(const char *secret, const char *token, int64_t now,
                      char user[CHAT_USER_MAX + 1], const char **why)
 {
@@ -82,11 +99,17 @@ int chat_auth_verify(const char *secret, const char *token, int64_t now,
         *why = "the token has expired";
         goto fail;
     }
-    errno = 0;
-    long nbf = jwt_get_grant_int(jwt, "nbf");
-    if (errno == 0 && nbf > now + 60) {
-        *why = "the token is not valid yet";
-        goto fail;
+    /* nbf is optional, but when present it must be a NumericDate (RFC 7519
+     * 4.1.5): a string, null or anything else is refused, not ignored, or a
+     * token meant for later would pass today. */
+    char *nbf_json = jwt_get_grants_json(jwt, "nbf");
+    if (nbf_json) {
+        bool ok = nbf_not_after(nbf_json, now + CHAT_AUTH_LEEWAY_S);
+        free(nbf_json);
+        if (!ok) {
+            *why = "the token is not valid yet";
+            goto fail;
+        }
     }
     const char *sub = jwt_get_grant(jwt, "sub");
     if (!sub || !chat_user_valid(sub)) {

@@ -15,6 +15,9 @@
 /* True when s is 1-64 characters of A-Za-z0-9_.@- */
 bool chat_user_valid(const char *s);
 
+/* Clock skew allowed for a token's nbf, in seconds. */
+#define CHAT_AUTH_LEEWAY_S 60
+
 /* Verifies token against secret at time now (seconds since the epoch).
  * Returns 0 and copies the subject into user, or CHAT_EAUTH with a reason
  * (static text) in *why. */

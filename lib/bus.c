@@ -126,8 +126,9 @@ struct link {
     struct chat_bus *bus;
     const char *name;      /* "subscriber" or "publisher" */
     redisAsyncContext *ac; /* NULL while down; hiredis frees it */
-    bool up;
+    bool up;               /* Redis has answered on this connection */
     bool ever_up;
+    int64_t opened_ms;     /* when ac was opened; the watchdog bounds the wait for up */
     int backoff_ms;
     struct event *retry;
 };
@@ -155,6 +156,7 @@ struct chat_bus {
     bool stopping;
 
     atomic_bool sub_up, pub_up;
+    atomic_ulong generation; /* links come up so far */
 
     /* The watchdog (bus thread): this process's heartbeat channel, when the
      * heartbeat in flight was sent (0: none), and when the subscriber last
@@ -351,6 +353,7 @@ static void do_unref(struct chat_bus *bus, const char *name)
 /* ------------------------------------------------------------------------ */
 
 static void link_connect(struct link *l);
+static void link_ready(struct link *l);
 
 static void link_schedule_retry(struct link *l)
 {
@@ -391,6 +394,24 @@ static void link_down(struct link *l)
     link_schedule_retry(l);
 }
 
+/* The link answered its first PING (after AUTH, queued before it): Redis is
+ * there, not only a TCP peer. */
+static void on_hello(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct chat_bus *bus = ac->data;
+    redisReply *reply = r;
+    if (!bus || !reply)
+        return; /* the link went down meanwhile: on_disconnect handles it */
+    struct link *l = (ac == bus->sub.ac) ? &bus->sub : &bus->pub;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* NOAUTH and the like: stay not ready; the watchdog drops the link
+         * after [redis] timeout and it retries with backoff. */
+        chat_warn("redis: %s link: PING answered %s", l->name, reply->str);
+        return;
+    }
+    link_ready(l);
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     struct chat_bus *bus = ac->data;
@@ -402,11 +423,20 @@ static void on_connect(const redisAsyncContext *ac, int status)
         link_down(l);
         return;
     }
+    /* A TCP connection is not yet Redis: a proxy or a half-dead network
+     * accepts and then says nothing. The link is up once PING answers. */
+    redisAsyncCommand((redisAsyncContext *)ac, on_hello, NULL, "PING");
+}
+
+static void link_ready(struct link *l)
+{
+    struct chat_bus *bus = l->bus;
     l->up = true;
     l->backoff_ms = 0;
     if (l->ever_up)
         chat_metric_inc(bus_reconnects);
     l->ever_up = true;
+    atomic_fetch_add(&bus->generation, 1);
     chat_info("redis: %s link up", l->name);
     if (l == &bus->sub) {
         atomic_store(&bus->sub_up, true);
@@ -451,6 +481,7 @@ static void link_connect(struct link *l)
     }
     ac->data = bus;
     l->ac = ac;
+    l->opened_ms = chat_mono_ms();
     redisLibeventAttach(ac, bus->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
@@ -492,6 +523,13 @@ static void on_heartbeat_reply(redisAsyncContext *ac, void *r, void *priv)
 static void watchdog(struct chat_bus *bus, int64_t now)
 {
     int64_t limit = (int64_t)bus->cfg->redis_timeout * 1000;
+    /* A link opened but never answering (connect or PING hanging). */
+    struct link *links[] = {&bus->sub, &bus->pub};
+    for (size_t i = 0; i < 2; i++) {
+        struct link *l = links[i];
+        if (l->ac && !l->up && now - l->opened_ms > limit)
+            link_drop(l, now - l->opened_ms);
+    }
     if (!bus->pub.up) {
         bus->hb_sent_ms = 0;
     } else if (bus->hb_sent_ms && now - bus->hb_sent_ms > limit) {
@@ -946,6 +984,11 @@ int chat_bus_presence_get(struct chat_bus *bus, const char *const *users, size_t
         freeReplyObject(r);
     }
     return err;
+}
+
+unsigned long chat_bus_generation(const struct chat_bus *bus)
+{
+    return atomic_load(&bus->generation);
 }
 
 bool chat_bus_up(const struct chat_bus *bus)

@@ -102,4 +102,9 @@ int chat_bus_presence_get(struct chat_bus *bus, const char *const *users, size_t
 /* Whether each link is up now. Any thread. */
 bool chat_bus_up(const struct chat_bus *bus);
 
+/* How many times a link has come up (answered) since the start. A change
+ * means Redis may have lost what it held (a restart without persistence:
+ * presence) and missed what was published meanwhile. Any thread. */
+unsigned long chat_bus_generation(const struct chat_bus *bus);
+
 #endif

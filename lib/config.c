@@ -100,7 +100,8 @@ static const struct key keys[] = {
     {"delivery", "stream_buffer_bytes", KEY_INT, OFF(stream_buffer_bytes), "1048576", 4096,
      1073741824,
      "Bytes a stream may have queued for a slow reader; past it the stream is closed and "
-     "the client resumes with Last-Event-ID."},
+     "the client resumes with Last-Event-ID. Also the most JSON one inbox page, long-poll "
+     "answer or history page holds (plus one item; `more` is then true)."},
     {"delivery", "send_rate", KEY_INT, OFF(send_rate), "50", 0, 1000000,
      "Messages per second a user may send through this node; 0 for no limit."},
     {"delivery", "send_burst", KEY_INT, OFF(send_burst), "100", 1, 1000000,

@@ -78,6 +78,7 @@ struct chat_stream {
     pthread_mutex_t lock; /* guards the fields down to 'closing' */
     chat_park_fn park;
     chat_wake_fn wake;
+    chat_drop_fn drop; /* NULL: the door cannot drop its connection */
     void *door;
     bool parked;
     bool need_catchup;
@@ -151,6 +152,8 @@ struct chat_delivery {
     bool ack_started;
     struct chat_pusher *pusher;
     int64_t next_presence_ms; /* bus thread */
+    unsigned long bus_generation; /* bus thread: the last one seen */
+    int64_t settle_until_ms;      /* bus thread: read MySQL each tick until then */
     pthread_mutex_t ack_lock;
     pthread_cond_t ack_cond;
     struct ack_job *acks, **acks_tail;
@@ -207,6 +210,10 @@ static void stream_push(struct chat_stream *s, struct event *ev)
             chat_info("stream of %s closed: more than %d bytes queued", s->user,
                       s->d->cfg->stream_buffer_bytes);
             s->closing = true;
+            /* What is queued would never be read: cut the connection, or
+             * it holds its socket buffers until its timeout. */
+            if (s->drop)
+                s->drop(s->door);
         } else {
             if (s->qn == s->qcap) {
                 s->qcap = s->qcap ? s->qcap * 2 : 8;
@@ -492,6 +499,17 @@ static void bus_on_tick(void *ctx)
         free(p);
     }
 
+    /* A link came back: Redis may have restarted empty, so presence is
+     * written again at once; and until it surely is (two ticks), a send
+     * that found a local user offline skipped the publish, so local
+     * streams read MySQL each tick, as while Redis is down. */
+    unsigned long gen = chat_bus_generation(d->bus);
+    if (gen != d->bus_generation) {
+        d->bus_generation = gen;
+        d->next_presence_ms = 0;
+        d->settle_until_ms = now + 2000;
+    }
+
     /* Presence: every third of the TTL, each local user is refreshed. */
     int64_t wall = chat_now_ms(), ttl = (int64_t)d->cfg->presence_ttl * 1000;
     bool refresh = now >= d->next_presence_ms;
@@ -503,6 +521,7 @@ static void bus_on_tick(void *ctx)
      * marked by this node as they are written, so no ACK needs Redis. */
     bool degraded = !chat_bus_up(d->bus);
     atomic_store(&chat_metrics.bus_degraded, degraded ? 1 : 0);
+    degraded |= now < d->settle_until_ms;
 
     /* Keepalives and long-poll deadlines. */
     int64_t ka = (int64_t)d->cfg->keepalive * 1000;
@@ -625,13 +644,10 @@ int chat_delivery_start(struct chat_delivery *d)
         return CHAT_EINTERNAL;
     d->ack_started = true;
     d->pusher = chat_pusher_start(d->cfg);
-    int flush = 1, err;
-    struct chat_store *st = chat_store_open(d->cfg, &err);
-    if (st && chat_store_durable(st, &flush) == 0 && flush != 1)
-        chat_error("mysql: innodb_flush_log_at_trx_commit is %d, not 1: a 201 is NOT durable; "
-                   "a crash or power loss can lose messages that were acknowledged",
-                   flush);
-    chat_store_close(st);
+    /* Opening a connection checks that MariaDB flushes at each commit and
+     * says so loudly when not (the store does it on every new connection). */
+    int err;
+    chat_store_close(chat_store_open(d->cfg, &err));
     return chat_bus_start(d->bus);
 }
 
@@ -930,6 +946,13 @@ void chat_stream_set_door(struct chat_stream *s, chat_park_fn park, chat_wake_fn
     s->park = park;
     s->wake = wake;
     s->door = door;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void chat_stream_set_drop(struct chat_stream *s, chat_drop_fn drop)
+{
+    pthread_mutex_lock(&s->lock);
+    s->drop = drop;
     pthread_mutex_unlock(&s->lock);
 }
 

@@ -32,6 +32,9 @@
 
 typedef void (*chat_park_fn)(void *door);
 typedef void (*chat_wake_fn)(void *door);
+/* Drops the door's connection now, unread data and all. Called with the
+ * delivery's locks held: it must neither block nor lock. */
+typedef void (*chat_drop_fn)(void *door);
 
 struct chat_delivery;
 struct chat_bus;
@@ -100,6 +103,12 @@ struct chat_stream *chat_stream_open(struct chat_delivery *d, const char *user, 
 /* Hands the stream to another door context before its first read (a door
  * whose request record ends before the stream does). */
 void chat_stream_set_door(struct chat_stream *s, chat_park_fn park, chat_wake_fn wake, void *door);
+
+/* A door whose connection can be dropped gives drop here: a stream closed
+ * because its reader fell stream_buffer_bytes behind is then cut at once,
+ * instead of holding the kernel's socket buffers until the connection's
+ * timeout. Without it the stream only ends. */
+void chat_stream_set_drop(struct chat_stream *s, chat_drop_fn drop);
 
 /* Copies up to max bytes of the stream into buf, reading MySQL when it must
  * replay or fill a gap. Returns the byte count (> 0); 0 after calling park

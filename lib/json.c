@@ -85,6 +85,37 @@ static const char *string_problem(const char *s, size_t n)
     return NULL;
 }
 
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* True when an object anywhere in v has a member name twice (RFC 8259 4
+ * leaves which one counts to the parser; RFC 7493 2.3 forbids it). Sorting
+ * keeps a body of thousands of members linear-logarithmic. Recursion is
+ * bounded by CHAT_JSON_MAX_DEPTH, checked before parsing. */
+static bool has_duplicate_names(const cJSON *v)
+{
+    size_t n = 0;
+    for (const cJSON *c = v->child; c; c = c->next) {
+        if (has_duplicate_names(c))
+            return true;
+        n++;
+    }
+    if (!cJSON_IsObject(v) || n < 2)
+        return false;
+    const char **names = chat_xcalloc(n, sizeof(*names));
+    size_t i = 0;
+    for (const cJSON *c = v->child; c; c = c->next)
+        names[i++] = c->string ? c->string : "";
+    qsort(names, n, sizeof(*names), name_cmp);
+    bool dup = false;
+    for (i = 1; i < n && !dup; i++)
+        dup = strcmp(names[i - 1], names[i]) == 0;
+    free(names);
+    return dup;
+}
+
 cJSON *chat_json_parse_object(const char *body, size_t len, int *err, const char **why)
 {
     *err = CHAT_EINVAL;
@@ -124,9 +155,30 @@ cJSON *chat_json_parse_object(const char *body, size_t len, int *err, const char
         *why = "the body must be a JSON object";
         return NULL;
     }
+    if (has_duplicate_names(root)) {
+        cJSON_Delete(root);
+        *why = "an object has the same member name twice";
+        return NULL;
+    }
     *err = 0;
     *why = NULL;
     return root;
+}
+
+size_t chat_json_string_len(const char *s, size_t n)
+{
+    size_t len = 2;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' ||
+            c == '\t')
+            len += 2;
+        else if (c < 0x20)
+            len += 6;
+        else
+            len += 1;
+    }
+    return len;
 }
 
 const char *chat_json_string(const cJSON *obj, const char *name)

@@ -32,6 +32,10 @@ const char *chat_json_string(const cJSON *obj, const char *name);
  * when it is not such a number. */
 int chat_json_u64(const cJSON *obj, const char *name, uint64_t *out);
 
+/* The number of bytes cJSON prints for the string s[0..n) as a JSON
+ * string, quotes included (a control character takes six). */
+size_t chat_json_string_len(const char *s, size_t n);
+
 /* Prints obj without whitespace; the caller frees the result. Never NULL. */
 char *chat_json_print(const cJSON *obj);
 

@@ -7,6 +7,7 @@
 #include <mysqld_error.h>
 #include <errmsg.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "alloc.h"
 #include "buf.h"
 #include "err.h"
+#include "json.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -193,6 +195,8 @@ static void disconnect(struct chat_store *s)
     s->db = NULL;
 }
 
+static void warn_if_not_durable(struct chat_store *s);
+
 static int connect_db(struct chat_store *s)
 {
     if (s->db)
@@ -223,7 +227,9 @@ static int connect_db(struct chat_store *s)
         return CHAT_EUNAVAIL;
     }
     s->db = db;
-    return 0;
+    warn_if_not_durable(s);
+    /* The check drops a connection that fails it. */
+    return s->db ? 0 : CHAT_EUNAVAIL;
 }
 
 /* Translates a MySQL error once, here. A lost connection is dropped so the
@@ -425,6 +431,23 @@ int chat_store_ping(struct chat_store *s)
         return CHAT_EUNAVAIL;
     }
     return 0;
+}
+
+/* The value last warned about (1: none), so that many connections to one
+ * server say it once, and a server that changes its setting is told again. */
+static _Atomic int warned_flush = 1;
+
+/* Checked on every new connection, not only at start: a chatd that started
+ * before MariaDB, or a MariaDB restarted with other settings, is caught. */
+static void warn_if_not_durable(struct chat_store *s)
+{
+    int flush = 1;
+    if (chat_store_durable(s, &flush) != 0)
+        return;
+    if (atomic_exchange(&warned_flush, flush) != flush && flush != 1)
+        chat_error("mysql: innodb_flush_log_at_trx_commit is %d, not 1: a 201 is NOT durable; "
+                   "a crash or power loss can lose messages that were acknowledged",
+                   flush);
 }
 
 int chat_store_durable(struct chat_store *s, int *flush)
@@ -1882,6 +1905,24 @@ void chat_item_cleanup(struct chat_item *it)
 {
     free(it->body);
     it->body = NULL;
+}
+
+/* An item's JSON besides its body: ids, names, numbers and member names. */
+#define ITEM_JSON_OVERHEAD 400
+
+void chat_items_bound(struct chat_items *items, size_t budget)
+{
+    size_t used = 0, keep = 0;
+    while (keep < items->n && (keep == 0 || used < budget)) {
+        const struct chat_item *it = &items->v[keep++];
+        used += ITEM_JSON_OVERHEAD + chat_json_string_len(it->body, it->body_len);
+    }
+    if (keep == items->n)
+        return;
+    for (size_t i = keep; i < items->n; i++)
+        chat_item_cleanup(&items->v[i]);
+    items->n = keep;
+    items->more = true;
 }
 
 void chat_items_cleanup(struct chat_items *items)

@@ -261,6 +261,11 @@ void chat_sent_cleanup(struct chat_sent *sent);
 int chat_store_migrate(const struct chat_config *cfg, const char *dir);
 
 void chat_item_cleanup(struct chat_item *it);
+/* Keeps the first items of a page while their JSON stays within budget
+ * bytes (always the first one, so a page never comes back empty while rows
+ * remain); frees the rest and sets more. What one request makes a server
+ * build is then bounded whatever the bodies hold. */
+void chat_items_bound(struct chat_items *items, size_t budget);
 void chat_items_cleanup(struct chat_items *items);
 
 #endif

@@ -323,6 +323,7 @@ void api_get_history(struct api_ctx *c)
         api_error(c, err, NULL);
         return;
     }
+    chat_items_bound(&items, (size_t)c->api->cfg->stream_buffer_bytes);
     cJSON *root = cJSON_CreateObject();
     cJSON *arr = cJSON_AddArrayToObject(root, "messages");
     for (size_t i = 0; i < items.n; i++) {

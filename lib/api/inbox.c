@@ -41,6 +41,7 @@ void api_get_inbox(struct api_ctx *c)
         api_error(c, err, NULL);
         return;
     }
+    chat_items_bound(&items, (size_t)c->api->cfg->stream_buffer_bytes);
     api_json(c, 200, api_items_json(&items, after));
     chat_items_cleanup(&items);
 }
@@ -198,6 +199,8 @@ static void poll_check(struct api_ctx *c, struct poll_state *ps)
             break;
         }
         if (items.n > 0 || chat_waiter_expired(ps->waiter)) {
+            /* Before the rows count as written: only what is answered is. */
+            chat_items_bound(&items, (size_t)cfg->stream_buffer_bytes);
             if (items.n > 0)
                 chat_delivery_poll_written(c->api->d, ps->user, ps->after,
                                            items.v[items.n - 1].seq);

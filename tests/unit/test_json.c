@@ -228,6 +228,30 @@ START_TEST(test_parse_object_depth)
 }
 END_TEST
 
+START_TEST(test_parse_object_duplicate_names)
+{
+    int err;
+    const char *why;
+    static const char *const refused[] = {
+        "{\"to\":\"bob\",\"to\":\"carol\"}",
+        "{\"a\":1,\"b\":2,\"c\":3,\"b\":4}",
+        "{\"x\":{\"k\":1,\"k\":1}}",
+        "{\"x\":[{\"k\":1},{\"k\":1,\"k\":2}]}",
+        "{\"\":1,\"\":2}",
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        cJSON *o = parse(refused[i], &err, &why);
+        ck_assert_msg(o == NULL, "accepted %s", refused[i]);
+        ck_assert_int_eq(err, CHAT_EINVAL);
+        ck_assert_ptr_nonnull(strstr(why, "twice"));
+    }
+    /* The same name in sibling objects, or differing in case, is fine. */
+    cJSON *o = parse("{\"x\":[{\"k\":1},{\"k\":2}],\"K\":1,\"k\":2}", &err, &why);
+    ck_assert_ptr_nonnull(o);
+    cJSON_Delete(o);
+}
+END_TEST
+
 START_TEST(test_parse_object_bad_utf8)
 {
     REFUSED("{\"a\":\"\xff\"}");
@@ -499,6 +523,7 @@ static Suite *json_suite(void)
     tcase_add_test(tc, test_parse_object_malformed);
     tcase_add_test(tc, test_parse_object_bad_utf8);
     tcase_add_test(tc, test_parse_object_depth);
+    tcase_add_test(tc, test_parse_object_duplicate_names);
     tcase_add_test(tc, test_parse_object_nul_escape);
     tcase_add_test(tc, test_parse_object_lone_surrogate);
     tcase_add_test(tc, test_parse_object_escapes);
