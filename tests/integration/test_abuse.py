@@ -79,7 +79,12 @@ def test_ambiguous_framing_is_refused():
         r = post(base, api_headers(tok, *extra), body, desc="%s (%s)" % (name, door()))
         print("%-34s %s" % (name, r.summary()))
         try:
-            if not via_front():
+            if not via_front() and "Content-Length: " in name:
+                # A list is a malformed Content-Length, which libmicrohttpd
+                # refuses itself (see test_malformed_content_length_...).
+                assert r.status == 400, "%s: status %s, want 400" % (r.desc, r.status)
+                assert r.closed, "%s: the connection stays open after refusing the framing" % r.desc
+            elif not via_front():
                 R.assert_clean(r, {400}, json_error=True, code="bad_request")
                 assert r.closed, "%s: the connection stays open after refusing the framing" % r.desc
             elif front_refuses:
@@ -448,6 +453,11 @@ def test_streams_and_polls_outlive_connection_timeout():
         assert r.elapsed >= 5.5, "the long-poll answered after %.1f s, before its 6 s" % r.elapsed
 
 
+# A page is bounded by stream_buffer_bytes (1 MiB); the tests of answers
+# larger than the kernel's socket buffers raise it on their own server.
+BIG_PAGE = 64 * 1048576
+
+
 def _fat_inbox(base, min_bytes):
     """A user whose inbox page (limit=1000) is at least min_bytes: messages
     of 4096 control characters, 24 KB each in JSON (\\u0001). Returns
@@ -569,7 +579,8 @@ def test_slow_clients_at_the_cap_do_not_lock_out_others():
     so the server must cut clients that trickle, not only silent ones."""
     chatd_only()
     cap, tmo = 50, 3
-    with R.OwnServer("slowcap", {"server": {"max_connections": cap, "connection_timeout": tmo}}) as srv:
+    with R.OwnServer("slowcap", {"server": {"max_connections": cap, "connection_timeout": tmo},
+                                 "delivery": {"stream_buffer_bytes": BIG_PAGE}}) as srv:
         fat, page = _fat_inbox(srv.base, wmem_max() + 4 * 1048576)
         slow = _SlowClients(srv.base, fat)
         try:
@@ -621,7 +632,8 @@ def test_stalled_reader_of_a_big_answer_is_dropped():
     clients are served meanwhile."""
     chatd_only()
     tmo, n = 3, 5
-    with R.OwnServer("stall", {"server": {"connection_timeout": tmo}}) as srv:
+    with R.OwnServer("stall", {"server": {"connection_timeout": tmo},
+                               "delivery": {"stream_buffer_bytes": BIG_PAGE}}) as srv:
         fat, page = _fat_inbox(srv.base, wmem_max() + 4 * 1048576)
         req = R.request_bytes("GET", "/v1/inbox?status=all&limit=1000", [("Authorization", "Bearer " + token(fat))])
         rss0 = srv.rss_kb()
