@@ -32,7 +32,11 @@
 #include "metrics.h"
 #include "query.h"
 
-#define SSE_BLOCK 16384
+/* The reader's block of a stream's response. Under HTTP/1.1 (chunked)
+ * libmicrohttpd reads into the connection's own buffer instead, but it
+ * allocates (and zeroes) this block for every stream all the same: a small
+ * one keeps idle streams cheap. */
+#define SSE_BLOCK 1024
 
 /* Watches the sockets of SSE streams for the client hanging up. A suspended
  * MHD connection is not polled, so without this a vanished client would be
@@ -516,6 +520,7 @@ int main(int argc, char **argv)
         mhd_log, &chatd, MHD_OPTION_UNESCAPE_CALLBACK, unescape, &chatd, MHD_OPTION_SOCK_ADDR,
         (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)chatd.cfg.threads,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)chatd.cfg.max_connections,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)chatd.cfg.connection_memory_bytes,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)chatd.cfg.connection_timeout,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, &chatd, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
         MHD_OPTION_END);

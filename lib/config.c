@@ -42,6 +42,12 @@ static const struct key keys[] = {
      "Seconds an idle non-stream connection is kept."},
     {"server", "max_body_bytes", KEY_INT, OFF(max_body_bytes), "65536", 1024, 16777216,
      "Largest request body; larger ones get 413."},
+    {"server", "connection_memory_bytes", KEY_INT, OFF(connection_memory_bytes), "16384", 8192,
+     1048576,
+     "chatd: the memory of each connection, which holds its request head (a head of more than "
+     "about this less 1 KiB is refused) and, on a stream, its write buffer: idle streams cost "
+     "about this plus 4 KiB each. 8192 holds heads of up to about 7 KiB at about 13 KiB a "
+     "stream."},
     {"auth", "jwt_secret", KEY_STR, OFF(jwt_secret), "", 0, 4096,
      "Required. HS256 key shared with the token issuer, at least 32 characters."},
     {"auth", "token_ttl", KEY_INT, OFF(token_ttl), "86400", 60, 31536000,

@@ -23,6 +23,7 @@ struct chat_config {
     int max_connections;
     int connection_timeout;
     int max_body_bytes;
+    int connection_memory_bytes;
     /* [auth] */
     char *jwt_secret;
     int token_ttl;
