@@ -52,9 +52,24 @@ struct hangup_watch {
     uint64_t next_id;
 };
 
+/* Threads that run REST requests off libmicrohttpd's threads. An HTTP
+ * thread serves many connections, streams among them: a send that waited
+ * there for its COMMIT would hold up every other connection of that thread,
+ * and sends on one thread could never share a transaction. A request is
+ * suspended, run here, and resumed with its answer. */
+struct workers {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct req *head, **tail; /* FIFO */
+    bool stopping;
+    pthread_t *threads;
+    int n;
+};
+
 struct chatd {
     struct chat_config cfg;
     struct hangup_watch watch;
+    struct workers workers;
     struct chat_delivery *delivery;
     struct chat_api *api;
     struct MHD_Daemon *mhd;
@@ -69,7 +84,10 @@ struct req {
     bool bad_framing; /* duplicate Content-Length, or it with Transfer-Encoding */
     bool started;     /* creq is built */
     bool answered;    /* an error was queued from the head alone */
+    bool offloaded;   /* handed to a worker; resp is its answer once resumed */
     struct chat_request creq;
+    struct chat_response resp; /* a worker's answer */
+    struct req *next;          /* in the worker queue */
 };
 
 /* The door side of an SSE stream: owned by the MHD response. */
@@ -316,6 +334,92 @@ static enum MHD_Result queue_stream(struct req *r, struct chat_response *resp)
     return ret;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Workers                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void *worker_main(void *arg)
+{
+    struct chatd *chatd = arg;
+    struct workers *w = &chatd->workers;
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        while (!w->head && !w->stopping)
+            pthread_cond_wait(&w->cond, &w->lock);
+        struct req *r = w->head;
+        if (!r)
+            break; /* stopping, and nothing is left */
+        w->head = r->next;
+        if (!w->head)
+            w->tail = &w->head;
+        pthread_mutex_unlock(&w->lock);
+        chat_api_handle(chatd->api, &r->creq, &r->resp);
+        /* The last touch: once resumed, MHD may complete and free r. */
+        MHD_resume_connection(r->conn);
+        pthread_mutex_lock(&w->lock);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+static int workers_start(struct chatd *chatd)
+{
+    struct workers *w = &chatd->workers;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    w->tail = &w->head;
+    w->threads = chat_xcalloc((size_t)chatd->cfg.workers, sizeof(*w->threads));
+    for (; w->n < chatd->cfg.workers; w->n++)
+        if (pthread_create(&w->threads[w->n], NULL, worker_main, chatd) != 0)
+            return CHAT_EINTERNAL;
+    return 0;
+}
+
+/* Runs what is queued, then ends the threads. After it, requests are run on
+ * the HTTP threads themselves. */
+static void workers_stop(struct workers *w)
+{
+    if (!w->threads)
+        return;
+    pthread_mutex_lock(&w->lock);
+    w->stopping = true;
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    for (int i = 0; i < w->n; i++)
+        pthread_join(w->threads[i], NULL);
+    free(w->threads);
+    w->threads = NULL;
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->lock);
+}
+
+/* Suspends r's connection and queues it for a worker. Returns false when
+ * the workers are stopping (the caller runs the request itself). */
+static bool workers_submit(struct workers *w, struct req *r)
+{
+    pthread_mutex_lock(&w->lock);
+    bool ok = !w->stopping;
+    if (ok) {
+        /* Suspended before any worker can see it: a resume never precedes
+         * its suspend. */
+        r->offloaded = true;
+        MHD_suspend_connection(r->conn);
+        r->next = NULL;
+        *w->tail = r;
+        w->tail = &r->next;
+        pthread_cond_signal(&w->cond);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return ok;
+}
+
+/* Streams and long-polls are held by their HTTP thread (suspend/resume);
+ * everything else is a request with one answer, run by a worker. */
+static bool runs_on_worker(const char *url)
+{
+    return strcmp(url, "/v1/events") != 0 && strcmp(url, "/v1/poll") != 0;
+}
+
 /* Answers err (a chat_err) with the API's JSON error and closes the
  * connection after it. */
 static enum MHD_Result queue_error(struct req *r, int err, const char *message)
@@ -373,6 +477,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         return MHD_YES;
     }
+    if (r->offloaded) {
+        /* Resumed by its worker: the answer is ready. */
+        enum MHD_Result ret = queue_body(r, &r->resp);
+        chat_response_cleanup(&r->resp);
+        return ret;
+    }
     struct chat_response resp;
     memset(&resp, 0, sizeof(resp));
     if (!r->started) {
@@ -391,6 +501,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             .can_stream = true,
         };
     }
+    if (runs_on_worker(url) && workers_submit(&chatd->workers, r))
+        return MHD_YES; /* MHD calls again once the worker resumes it */
     chat_api_handle(chatd->api, &r->creq, &resp);
     enum MHD_Result ret = MHD_YES;
     switch (resp.kind) {
@@ -414,6 +526,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r)
         return;
     chat_api_release(&r->creq);
+    chat_response_cleanup(&r->resp);
     chat_buf_cleanup(&r->body);
     free(r);
     *con_cls = NULL;
@@ -514,6 +627,10 @@ int main(int argc, char **argv)
         goto out;
     }
     chatd.api = chat_api_new(chatd.delivery);
+    if (workers_start(&chatd) != 0) {
+        chat_error("cannot start the worker threads");
+        goto out;
+    }
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     chatd.mhd = MHD_start_daemon(
         flags, (uint16_t)chatd.cfg.port, NULL, NULL, on_request, &chatd, MHD_OPTION_EXTERNAL_LOGGER,
@@ -528,8 +645,8 @@ int main(int argc, char **argv)
         chat_error("cannot listen on %s:%d: %s", chatd.cfg.listen, chatd.cfg.port, strerror(errno));
         goto out;
     }
-    chat_info("chatd listening on %s:%d (%d threads)", chatd.cfg.listen, chatd.cfg.port,
-              chatd.cfg.threads);
+    chat_info("chatd listening on %s:%d (%d threads, %d workers)", chatd.cfg.listen,
+              chatd.cfg.port, chatd.cfg.threads, chatd.cfg.workers);
 
     int sig = 0;
     sigwait(&sigs, &sig);
@@ -543,9 +660,13 @@ int main(int argc, char **argv)
                                atomic_load(&chat_metrics.polls_waiting) > 0);
          i++)
         usleep(50 * 1000);
+    /* The workers finish (and resume) what they hold; MHD must not stop
+     * with a connection suspended. */
+    workers_stop(&chatd.workers);
     MHD_stop_daemon(chatd.mhd);
     rc = 0;
 out:
+    workers_stop(&chatd.workers);
     chat_api_free(chatd.api);
     chat_delivery_free(chatd.delivery);
     watch_stop(&chatd.watch);

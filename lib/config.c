@@ -35,7 +35,11 @@ static const struct key keys[] = {
      "Address to listen on (an IPv4 address)."},
     {"server", "port", KEY_INT, OFF(port), "8081", 1, 65535, "TCP port."},
     {"server", "threads", KEY_INT, OFF(threads), "4", 1, 256,
-     "HTTP worker threads; each holds one MySQL connection."},
+     "chatd: HTTP threads (libmicrohttpd); they hold the streams and long-polls, each with "
+     "one MySQL connection."},
+    {"server", "workers", KEY_INT, OFF(workers), "8", 1, 256,
+     "chatd: threads that run REST requests off the HTTP threads, each with its own MySQL "
+     "connection; concurrent sends share a transaction (group commit)."},
     {"server", "max_connections", KEY_INT, OFF(max_connections), "10000", 1, 1000000,
      "Open connections at most, streams included."},
     {"server", "connection_timeout", KEY_INT, OFF(connection_timeout), "60", 1, 3600,

@@ -20,6 +20,7 @@ struct chat_config {
     char *listen;
     int port;
     int threads;
+    int workers;
     int max_connections;
     int connection_timeout;
     int max_body_bytes;

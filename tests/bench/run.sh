@@ -278,6 +278,10 @@ EOF
 # idle streams on one node.
 NODE_KEYS=(delivery.send_rate=0 delivery.send_burst=1000000 server.max_connections=15000
     log.level=warn)
+# More section.key=value words for the nodes, to measure another setting:
+# CHATSTACK_BENCH_KEYS="server.threads=16 mysql.send_batch=64".
+read -r -a BENCH_KEYS <<<"${CHATSTACK_BENCH_KEYS:-}"
+NODE_KEYS+=("${BENCH_KEYS[@]}")
 
 start_ours() {
     local i
