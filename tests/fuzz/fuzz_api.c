@@ -39,8 +39,8 @@
 #define S(f) offsetof(struct chat_config, f)
 static const size_t string_fields[] = {
     S(node_id),        S(listen),         S(jwt_secret),     S(mysql_host), S(mysql_socket),
-    S(mysql_user),     S(mysql_password), S(mysql_database), S(redis_host), S(redis_password),
-    S(channel_prefix), S(push_url),       S(fcgi_listen),    S(log_level),
+    S(mysql_user),     S(mysql_password), S(mysql_database), S(redis_host), S(redis_user),
+    S(redis_password), S(channel_prefix), S(push_url),       S(fcgi_listen), S(log_level),
 };
 #undef S
 #define N_STRINGS (sizeof(string_fields) / sizeof(string_fields[0]))
