@@ -497,8 +497,10 @@ class _SlowClients:
                 if kind == "header trickler":
                     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
                 else:
+                    # Within max_body_bytes (64 KiB): a larger length is
+                    # refused from the head, before any body byte.
                     s.sendall(R.request_bytes("POST", "/v1/messages", [
-                        ("Content-Type", "application/json"), ("Content-Length", "100000")]))
+                        ("Content-Type", "application/json"), ("Content-Length", "60000")]))
             with self.lock:
                 self.clients.append([kind, s, time.monotonic(), None, 0])
 
