@@ -80,11 +80,10 @@ struct req {
     struct chatd *chatd;
     struct MHD_Connection *conn;
     struct chat_buf body;
-    bool too_large;
-    bool bad_framing; /* duplicate Content-Length, or it with Transfer-Encoding */
-    bool started;     /* creq is built */
-    bool answered;    /* an error was queued from the head alone */
-    bool offloaded;   /* handed to a worker; resp is its answer once resumed */
+    bool too_large; /* the body passed max_body_bytes while it came */
+    bool started;   /* creq is built */
+    bool answered;  /* an error was queued from the head alone */
+    bool offloaded; /* handed to a worker; resp is its answer once resumed */
     struct chat_request creq;
     struct chat_response resp; /* a worker's answer */
     struct req *next;          /* in the worker queue */
@@ -300,7 +299,7 @@ static enum MHD_Result queue_body(struct req *r, struct chat_response *resp)
         MHD_add_response_header(mr, MHD_HTTP_HEADER_ALLOW, resp->allow);
     if (resp->status == 401)
         MHD_add_response_header(mr, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    if (r->too_large || r->bad_framing)
+    if (r->too_large || r->answered)
         MHD_add_response_header(mr, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)resp->status, mr);
     MHD_destroy_response(mr);
@@ -420,6 +419,24 @@ static bool runs_on_worker(const char *url)
     return strcmp(url, "/v1/events") != 0 && strcmp(url, "/v1/poll") != 0;
 }
 
+/* Queues what the API answered, whichever thread ran it; frees its body. */
+static enum MHD_Result queue_answer(struct req *r, struct chat_response *resp)
+{
+    enum MHD_Result ret = MHD_YES;
+    switch (resp->kind) {
+    case CHAT_RESP_BODY:
+        ret = queue_body(r, resp);
+        break;
+    case CHAT_RESP_STREAM:
+        ret = queue_stream(r, resp);
+        break;
+    case CHAT_RESP_PARKED:
+        break; /* suspended; MHD calls again after the wake */
+    }
+    chat_response_cleanup(resp);
+    return ret;
+}
+
 /* Answers err (a chat_err) with the API's JSON error and closes the
  * connection after it. */
 static enum MHD_Result queue_error(struct req *r, int err, const char *message)
@@ -450,15 +467,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
          * call: libmicrohttpd then reads no body, sends no 100 Continue and
          * closes the connection after the answer. */
         const char *why = framing_problem(conn);
-        if (why) {
-            r->bad_framing = true;
+        if (why)
             return queue_error(r, CHAT_EINVAL, why);
-        }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)chatd->cfg.max_body_bytes) {
-            r->too_large = true;
+        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)chatd->cfg.max_body_bytes)
             return queue_error(r, CHAT_ETOOLARGE, "the body is larger than max_body_bytes");
-        }
         return MHD_YES;
     }
     if (r->answered) {
@@ -466,7 +479,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (*upload_data_size) {
-        if (!r->too_large && !r->bad_framing) {
+        if (!r->too_large) {
             if (r->body.len + *upload_data_size > (size_t)chatd->cfg.max_body_bytes) {
                 r->too_large = true;
                 chat_buf_cleanup(&r->body);
@@ -477,14 +490,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         return MHD_YES;
     }
-    if (r->offloaded) {
-        /* Resumed by its worker: the answer is ready. */
-        enum MHD_Result ret = queue_body(r, &r->resp);
-        chat_response_cleanup(&r->resp);
-        return ret;
-    }
-    struct chat_response resp;
-    memset(&resp, 0, sizeof(resp));
+    if (r->offloaded) /* resumed by its worker: the answer is ready */
+        return queue_answer(r, &r->resp);
     if (!r->started) {
         r->started = true;
         r->creq = (struct chat_request){
@@ -503,20 +510,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (runs_on_worker(url) && workers_submit(&chatd->workers, r))
         return MHD_YES; /* MHD calls again once the worker resumes it */
+    struct chat_response resp;
+    memset(&resp, 0, sizeof(resp));
     chat_api_handle(chatd->api, &r->creq, &resp);
-    enum MHD_Result ret = MHD_YES;
-    switch (resp.kind) {
-    case CHAT_RESP_BODY:
-        ret = queue_body(r, &resp);
-        break;
-    case CHAT_RESP_STREAM:
-        ret = queue_stream(r, &resp);
-        break;
-    case CHAT_RESP_PARKED:
-        break; /* suspended; MHD calls again after the wake */
-    }
-    chat_response_cleanup(&resp);
-    return ret;
+    return queue_answer(r, &resp);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -645,8 +642,8 @@ int main(int argc, char **argv)
         chat_error("cannot listen on %s:%d: %s", chatd.cfg.listen, chatd.cfg.port, strerror(errno));
         goto out;
     }
-    chat_info("chatd listening on %s:%d (%d threads, %d workers)", chatd.cfg.listen,
-              chatd.cfg.port, chatd.cfg.threads, chatd.cfg.workers);
+    chat_info("chatd listening on %s:%d (%d threads, %d workers)", chatd.cfg.listen, chatd.cfg.port,
+              chatd.cfg.threads, chatd.cfg.workers);
 
     int sig = 0;
     sigwait(&sigs, &sig);

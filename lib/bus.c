@@ -128,7 +128,7 @@ struct link {
     redisAsyncContext *ac; /* NULL while down; hiredis frees it */
     bool up;               /* Redis has answered on this connection */
     bool ever_up;
-    int64_t opened_ms;     /* when ac was opened; the watchdog bounds the wait for up */
+    int64_t opened_ms; /* when ac was opened; the watchdog bounds the wait for up */
     int backoff_ms;
     struct event *retry;
 };

@@ -151,7 +151,7 @@ struct chat_delivery {
     pthread_t ack_thread;
     bool ack_started;
     struct chat_pusher *pusher;
-    int64_t next_presence_ms; /* bus thread */
+    int64_t next_presence_ms;     /* bus thread */
     unsigned long bus_generation; /* bus thread: the last one seen */
     int64_t settle_until_ms;      /* bus thread: read MySQL each tick until then */
     pthread_mutex_t ack_lock;

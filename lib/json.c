@@ -170,8 +170,7 @@ size_t chat_json_string_len(const char *s, size_t n)
     size_t len = 2;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' ||
-            c == '\t')
+        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
             len += 2;
         else if (c < 0x20)
             len += 6;
