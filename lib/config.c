@@ -50,7 +50,7 @@ static const struct key keys[] = {
      1048576,
      "chatd: the memory of each connection, which holds its request head (a head of more than "
      "about this less 1 KiB is refused) and, on a stream, its write buffer: idle streams cost "
-     "about this plus 4 KiB each. 8192 holds heads of up to about 7 KiB at about 13 KiB a "
+     "about this plus 3 KiB each. 8192 holds heads of up to about 7 KiB at about 13 KiB a "
      "stream."},
     {"auth", "jwt_secret", KEY_STR, OFF(jwt_secret), "", 0, 4096,
      "Required. HS256 key shared with the token issuer, at least 32 characters."},
