@@ -23,11 +23,29 @@
 /* Statements                                                               */
 /* ------------------------------------------------------------------------ */
 
+/* Multi-row statements come in a family per kind, one statement for each
+ * arity 1, 2, 4, ... MULTI_MAX rows (constant texts, like every other); a
+ * batch of n rows takes the largest that fits, then the next. Lookups take
+ * MULTI_MAX keys at once, the last repeated to fill the statement. */
+#define MULTI_MAX 32
+#define MULTI_IDS(name) name##_1, name##_2, name##_4, name##_8, name##_16, name##_32
+#define ROWS_1(r) r
+#define ROWS_2(r) r ", " r
+#define ROWS_4(r) ROWS_2(r) ", " ROWS_2(r)
+#define ROWS_8(r) ROWS_4(r) ", " ROWS_4(r)
+#define ROWS_16(r) ROWS_8(r) ", " ROWS_8(r)
+#define ROWS_32(r) ROWS_16(r) ", " ROWS_16(r)
+#define MULTI_SQL(name, head, row, tail)                                                           \
+    [name##_1] = head ROWS_1(row) tail, [name##_2] = head ROWS_2(row) tail,                        \
+    [name##_4] = head ROWS_4(row) tail, [name##_8] = head ROWS_8(row) tail,                        \
+    [name##_16] = head ROWS_16(row) tail, [name##_32] = head ROWS_32(row) tail
+
 enum stmt_id {
     S_SCHEMA,
-    S_INS_MSG,
-    S_SEQ,
-    S_INS_INBOX,
+    MULTI_IDS(S_MSGS),
+    MULTI_IDS(S_SEQS),
+    S_SEQ_GET,
+    MULTI_IDS(S_INBOXES),
     S_FIND_CLIENT,
     S_INBOX_ALL,
     S_INBOX_PENDING,
@@ -35,10 +53,12 @@ enum stmt_id {
     S_ACK_SELECT,
     S_ACK_MARK,
     S_ACK_DELETE,
+    S_ACKS_MARK,
+    S_ACKS_DELETE,
     S_MSG,
     S_MSG_RCPT,
     S_MEMBERS_SHARE,
-    S_CONV_UPSERT,
+    MULTI_IDS(S_CONVS),
     S_GROUP_INS,
     S_MEMBER_INS,
     S_MEMBER_DEL,
@@ -55,7 +75,7 @@ enum stmt_id {
     S_CONV_LIST,
     S_HISTORY,
     S_MSG_PK,
-    S_IS_BLOCKED,
+    S_BLOCKED_ANY,
     S_BLOCK_INS,
     S_BLOCK_DEL,
     S_BLOCK_LIST,
@@ -78,13 +98,17 @@ enum stmt_id {
 
 static const char *const stmt_sql[S_COUNT] = {
     [S_SCHEMA] = "SELECT COALESCE(MAX(version), 0) FROM schema_version",
-    [S_INS_MSG] = "INSERT INTO messages (message_id, sender, recipient, client_msg_id, body, ts, "
-                  "chat_id, conv_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    /* LAST_INSERT_ID(expr) hands the new value back without a second query. */
-    [S_SEQ] = "INSERT INTO user_seq (user_id, last_seq) VALUES (?, LAST_INSERT_ID(1)) "
-              "ON DUPLICATE KEY UPDATE last_seq = LAST_INSERT_ID(last_seq + 1)",
-    [S_INS_INBOX] = "INSERT INTO inbox (user_id, seq, msg_pk, status, push_next_ms) "
-                    "VALUES (?, ?, ?, 0, ?)",
+    MULTI_SQL(S_MSGS,
+              "INSERT INTO messages (message_id, sender, recipient, client_msg_id, body, ts, "
+              "chat_id, conv_key) VALUES ",
+              "(?, ?, ?, ?, ?, ?, ?, ?)", " RETURNING id, message_id"),
+    /* A send's recipients' rows, locked until COMMIT: seqs stay gapless. */
+    MULTI_SQL(S_SEQS, "INSERT INTO user_seq (user_id, last_seq) VALUES ", "(?, ?)",
+              " ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)"),
+    [S_SEQ_GET] = "SELECT user_id, last_seq FROM user_seq WHERE user_id IN (" ROWS_32("?") ") "
+                  "FOR UPDATE",
+    MULTI_SQL(S_INBOXES, "INSERT INTO inbox (user_id, seq, msg_pk, status, push_next_ms) VALUES ",
+              "(?, ?, ?, 0, ?)", ""),
     [S_FIND_CLIENT] = "SELECT message_id, recipient, body, ts, chat_id FROM messages "
                       "WHERE sender = ? AND client_msg_id = ?",
     [S_INBOX_ALL] = "SELECT " ITEM_COLS " FROM inbox i JOIN messages m ON m.id = i.msg_pk "
@@ -100,6 +124,9 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_ACK_MARK] = "UPDATE inbox SET status = 1, delivered_ts = ? "
                    "WHERE user_id = ? AND status = 0 AND seq > ? AND seq <= ?",
     [S_ACK_DELETE] = "DELETE FROM inbox WHERE user_id = ? AND status = 0 AND seq > ? AND seq <= ?",
+    [S_ACKS_MARK] = "UPDATE inbox SET status = 1, delivered_ts = ? WHERE status = 0 AND "
+                    "(user_id, seq) IN (" ROWS_32("(?, ?)") ")",
+    [S_ACKS_DELETE] = "DELETE FROM inbox WHERE status = 0 AND (user_id, seq) IN (" ROWS_32("(?, ?)") ")",
     [S_MSG] = "SELECT id, message_id, sender, recipient, body, ts, chat_id FROM messages "
               "WHERE message_id = ?",
     [S_MSG_RCPT] = "SELECT user_id, status, delivered_ts, read_ts FROM inbox WHERE msg_pk = ? "
@@ -108,11 +135,14 @@ static const char *const stmt_sql[S_COUNT] = {
      * (which locks them exclusively) lands before it or after it, whole. */
     [S_MEMBERS_SHARE] = "SELECT user_id FROM chat_members WHERE chat_id = ? ORDER BY user_id "
                         "LOCK IN SHARE MODE",
-    [S_CONV_UPSERT] = "INSERT INTO conversations (user_id, conv_key, last_msg_pk, last_ts, unread) "
-                      "VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE "
-                      "last_msg_pk = GREATEST(last_msg_pk, VALUES(last_msg_pk)), "
-                      "last_ts = GREATEST(last_ts, VALUES(last_ts)), "
-                      "unread = unread + VALUES(unread)",
+    MULTI_SQL(S_CONVS,
+              "INSERT INTO conversations (user_id, conv_key, last_msg_pk, last_ts, unread) "
+              "VALUES ",
+              "(?, ?, ?, ?, ?)",
+              " ON DUPLICATE KEY UPDATE "
+              "last_msg_pk = GREATEST(last_msg_pk, VALUES(last_msg_pk)), "
+              "last_ts = GREATEST(last_ts, VALUES(last_ts)), "
+              "unread = unread + VALUES(unread)"),
     [S_GROUP_INS] = "INSERT INTO chats (id, name, owner, created_ts) VALUES (?, ?, ?, ?)",
     [S_MEMBER_INS] =
         "INSERT IGNORE INTO chat_members (chat_id, user_id, joined_ts) VALUES (?, ?, ?)",
@@ -146,7 +176,8 @@ static const char *const stmt_sql[S_COUNT] = {
                   "FROM messages m WHERE m.conv_key = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
     [S_MSG_PK] = "SELECT id, conv_key FROM messages WHERE message_id = ?",
     [S_DURABILITY] = "SELECT @@GLOBAL.innodb_flush_log_at_trx_commit",
-    [S_IS_BLOCKED] = "SELECT 1 FROM blocks WHERE user_id = ? AND blocked = ?",
+    [S_BLOCKED_ANY] = "SELECT user_id, blocked FROM blocks WHERE (user_id, blocked) IN ("
+                      ROWS_32("(?, ?)") ")",
     [S_BLOCK_INS] = "INSERT IGNORE INTO blocks (user_id, blocked, created_ts) VALUES (?, ?, ?)",
     [S_BLOCK_DEL] = "DELETE FROM blocks WHERE user_id = ? AND blocked = ?",
     [S_BLOCK_LIST] = "SELECT blocked FROM blocks WHERE user_id = ? ORDER BY blocked LIMIT 1000",
@@ -522,6 +553,12 @@ static void copy_str(char *dst, size_t cap, const char *src, unsigned long len)
     dst[len] = '\0';
 }
 
+/* Ends a string column fetched into buf (len: its length in the row). */
+static void end_str(char *buf, size_t cap, unsigned long len)
+{
+    buf[len < cap ? len : cap - 1] = '\0';
+}
+
 /* Copies the message columns of r (and the body, column body_col of st). */
 static void item_from_row(struct chat_item *it, const struct item_row *r, MYSQL_STMT *st,
                           unsigned body_col)
@@ -731,39 +768,10 @@ static int find_client_msg(struct chat_store *s, const struct chat_send *in, str
     return 0;
 }
 
-/* *blocked tells whether user blocks from. */
-static int blocked_by(struct chat_store *s, const char *user, const char *from, bool *blocked)
+/* The members of a group send, sorted: the lock order of every transaction.
+ * The member rows stay share-locked until COMMIT. */
+static int group_targets(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
 {
-    unsigned long l1, l2;
-    int64_t one = 0;
-    MYSQL_BIND par[2], res[1];
-    bind_str(&par[0], user, &l1);
-    bind_str(&par[1], from, &l2);
-    bind_i64(&res[0], &one);
-    MYSQL_STMT *st;
-    int err = run(s, S_IS_BLOCKED, par, res, &st);
-    if (err)
-        return err;
-    *blocked = mysql_stmt_fetch(st) == 0;
-    mysql_stmt_free_result(st);
-    return 0;
-}
-
-/* The recipients of a send, sorted: the lock order of every transaction. */
-static int send_targets(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
-{
-    if (in->to) {
-        bool blocked;
-        int err = blocked_by(s, in->to, in->from, &blocked);
-        if (err)
-            return err;
-        if (blocked)
-            return CHAT_EBLOCKED;
-        out->targets = chat_xcalloc(1, sizeof(*out->targets));
-        snprintf(out->targets[0].user, sizeof(out->targets[0].user), "%s", in->to);
-        out->ntargets = 1;
-        return 0;
-    }
     unsigned long clen;
     MYSQL_BIND par[1], res[1];
     bind_str(&par[0], in->chat, &clen);
@@ -778,7 +786,7 @@ static int send_targets(struct chat_store *s, const struct chat_send *in, struct
     out->targets = chat_xcalloc(rows + 1, sizeof(*out->targets));
     bool member = false;
     while (mysql_stmt_fetch(st) == 0) {
-        user[ulen < sizeof(user) ? ulen : sizeof(user) - 1] = '\0';
+        end_str(user, sizeof(user), ulen);
         if (strcmp(user, in->from) == 0) {
             member = true;
             continue; /* the sender gets no inbox row of its own message */
@@ -794,118 +802,443 @@ static int send_targets(struct chat_store *s, const struct chat_send *in, struct
     return 0;
 }
 
-static int conv_upsert(struct chat_store *s, const char *user, const char *conv_key, uint64_t pk,
-                       int64_t ts, uint64_t unread)
-{
-    unsigned long l1, l2;
-    MYSQL_BIND par[5];
-    bind_str(&par[0], user, &l1);
-    bind_str(&par[1], conv_key, &l2);
-    bind_u64(&par[2], &pk);
-    bind_i64(&par[3], &ts);
-    bind_u64(&par[4], &unread);
-    MYSQL_STMT *st;
-    return run(s, S_CONV_UPSERT, par, NULL, &st);
-}
-
-/* A refusal of send_targets, which comes before the send writes anything. */
+/* A refusal, which comes before a send writes anything. */
 static bool send_refused(int err)
 {
     return err == CHAT_EBLOCKED || err == CHAT_ENOTFOUND || err == CHAT_EFORBIDDEN;
 }
 
-/* The rows of one send, in the open transaction. Returns 0, a MySQL errno
- * (> 0) the caller may retry, or a negative chat_err: a refusal
- * (send_refused) before anything was written, or CHAT_EUNAVAIL. */
-static int send_rows(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
-{
-    struct chat_item *it = &out->item;
-    free(out->targets);
-    out->targets = NULL;
-    out->ntargets = 0;
-    int err = send_targets(s, in, out);
-    if (err)
-        return err;
+/* A send on its way into a transaction (alone, or with others in a batch). */
+struct send_req {
+    struct send_req *next;
+    const struct chat_send *in;
+    struct chat_sent *out;
+    int err; /* 0, or why this send was refused or failed */
+    bool done;
     char conv[CHAT_CONV_KEY_MAX + 1];
-    if (in->to)
-        chat_conv_key_direct(conv, in->from, in->to);
-    else
-        chat_conv_key_group(conv, in->chat);
+    uint64_t pk; /* messages.id of its row */
+    int64_t push_at;
+};
 
-    unsigned long l[8];
-    MYSQL_BIND par[8];
-    bind_str(&par[0], it->message_id, &l[0]);
-    bind_str(&par[1], in->from, &l[1]);
-    if (in->to)
-        bind_str(&par[2], in->to, &l[2]);
-    else
-        bind_null(&par[2]);
-    if (in->client_msg_id)
-        bind_str(&par[3], in->client_msg_id, &l[3]);
-    else
-        bind_null(&par[3]);
-    bind_blob(&par[4], in->body, in->body_len, &l[4]);
-    bind_i64(&par[5], &it->ts);
-    if (in->chat)
-        bind_str(&par[6], in->chat, &l[6]);
-    else
-        bind_null(&par[6]);
-    bind_str(&par[7], conv, &l[7]);
-    MYSQL_STMT *st;
-    err = run(s, S_INS_MSG, par, NULL, &st);
-    if (err)
-        return err;
-    uint64_t pk = mysql_stmt_insert_id(st);
+/* The parameters of a multi-row statement, bound in the order they are
+ * added. The values a parameter points to must outlive the execution. */
+struct binds {
+    MYSQL_BIND *b;
+    unsigned long *len;
+    size_t n, cap;
+};
 
-    /* Seq row locks first, in user order, then conversation rows in user
-     * order: with one order for every transaction, sends never deadlock. */
-    for (size_t i = 0; i < out->ntargets; i++) {
-        struct chat_target *t = &out->targets[i];
-        MYSQL_BIND spar[1];
-        bind_str(&spar[0], t->user, &l[0]);
-        err = run(s, S_SEQ, spar, NULL, &st);
-        if (err)
-            return err;
-        t->seq = mysql_stmt_insert_id(st);
-        MYSQL_BIND ipar[4];
-        bind_str(&ipar[0], t->user, &l[0]);
-        bind_u64(&ipar[1], &t->seq);
-        bind_u64(&ipar[2], &pk);
-        int64_t push_at = it->ts + (int64_t)s->cfg->push_after * 1000;
-        if (s->cfg->push_url[0])
-            bind_i64(&ipar[3], &push_at);
-        else
-            bind_null(&ipar[3]);
-        err = run(s, S_INS_INBOX, ipar, NULL, &st);
-        if (err)
-            return err;
+static void binds_start(struct binds *x, size_t need)
+{
+    if (need > x->cap) {
+        free(x->b);
+        free(x->len);
+        x->b = chat_xcalloc(need, sizeof(*x->b));
+        x->len = chat_xcalloc(need, sizeof(*x->len));
+        x->cap = need;
     }
-    bool sender_done = false;
-    for (size_t i = 0; i <= out->ntargets; i++) {
-        const char *user = i < out->ntargets ? out->targets[i].user : NULL;
-        if (!sender_done && (!user || strcmp(in->from, user) <= 0)) {
-            sender_done = true;
-            bool self = user && strcmp(in->from, user) == 0;
-            err = conv_upsert(s, in->from, conv, pk, it->ts, self ? 1 : 0);
-            if (err)
-                return err;
-            if (self)
-                continue;
+    x->n = 0;
+}
+
+static void binds_free(struct binds *x)
+{
+    free(x->b);
+    free(x->len);
+}
+
+static void add_str(struct binds *x, const char *v)
+{
+    bind_str(&x->b[x->n], v, &x->len[x->n]);
+    x->n++;
+}
+
+static void add_opt_str(struct binds *x, const char *v)
+{
+    if (v)
+        add_str(x, v);
+    else
+        bind_null(&x->b[x->n++]);
+}
+
+static void add_u64(struct binds *x, uint64_t *v)
+{
+    bind_u64(&x->b[x->n++], v);
+}
+
+static void add_i64(struct binds *x, int64_t *v)
+{
+    bind_i64(&x->b[x->n++], v);
+}
+
+/* The rows of the next multi-row statement for n rows still to write: the
+ * largest arity not above n. Sets *id to that statement of the family. */
+static size_t multi_rows(size_t n, enum stmt_id first, enum stmt_id *id)
+{
+    size_t k = 1;
+    unsigned level = 0;
+    while (k * 2 <= n && k * 2 <= MULTI_MAX) {
+        k *= 2;
+        level++;
+    }
+    *id = (enum stmt_id)(first + level);
+    return k;
+}
+
+/* Refuses (CHAT_EBLOCKED) the direct sends whose recipient blocks their
+ * sender: one query for up to MULTI_MAX sends (the last pair repeated to
+ * fill the statement). */
+static int check_blocks(struct chat_store *s, struct send_req **reqs, size_t n, struct binds *x)
+{
+    for (size_t i = 0; i < n;) {
+        struct send_req *chunk[MULTI_MAX];
+        size_t k = 0;
+        for (; i < n && k < MULTI_MAX; i++)
+            if (reqs[i]->in->to)
+                chunk[k++] = reqs[i];
+        if (k == 0)
+            break;
+        binds_start(x, 2 * MULTI_MAX);
+        for (size_t j = 0; j < MULTI_MAX; j++) {
+            const struct chat_send *in = chunk[j < k ? j : k - 1]->in;
+            add_str(x, in->to);
+            add_str(x, in->from);
         }
-        if (user && (err = conv_upsert(s, user, conv, pk, it->ts, 1)) != 0)
+        char user[CHAT_USER_MAX + 2], from[CHAT_USER_MAX + 2];
+        unsigned long ulen, flen;
+        MYSQL_BIND res[2];
+        bind_out_str(&res[0], user, sizeof(user), &ulen, NULL);
+        bind_out_str(&res[1], from, sizeof(from), &flen, NULL);
+        MYSQL_STMT *st;
+        int err = run(s, S_BLOCKED_ANY, x->b, res, &st);
+        if (err)
             return err;
+        while (mysql_stmt_fetch(st) == 0) {
+            end_str(user, sizeof(user), ulen);
+            end_str(from, sizeof(from), flen);
+            for (size_t j = 0; j < k; j++)
+                if (strcmp(chunk[j]->in->to, user) == 0 && strcmp(chunk[j]->in->from, from) == 0)
+                    chunk[j]->err = CHAT_EBLOCKED;
+        }
+        mysql_stmt_free_result(st);
     }
-    it->seq = out->ntargets == 1 && in->to ? out->targets[0].seq : 0;
     return 0;
 }
 
-/* One attempt of the send transaction, alone. */
-static int send_once(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
+/* Binds row j of a multi-row statement; done, if given, reads what a
+ * statement of rows i..i+k-1 returned (bound to res). */
+typedef void bind_row_fn(struct binds *x, void *rows, size_t j);
+typedef int rows_done_fn(struct chat_store *s, MYSQL_STMT *st, void *rows, size_t i, size_t k);
+
+/* Writes n rows with the family that starts at first, params parameters a
+ * row: as few statements as the arities allow. */
+static int write_rows(struct chat_store *s, enum stmt_id first, size_t params, void *rows,
+                      size_t n, struct binds *x, bind_row_fn *bind_row, MYSQL_BIND *res,
+                      rows_done_fn *done)
+{
+    for (size_t i = 0; i < n;) {
+        enum stmt_id id;
+        size_t k = multi_rows(n - i, first, &id);
+        binds_start(x, params * k);
+        for (size_t j = i; j < i + k; j++)
+            bind_row(x, rows, j);
+        MYSQL_STMT *st;
+        int err = run(s, id, x->b, res, &st);
+        if (!err && done)
+            err = done(s, st, rows, i, k);
+        if (err)
+            return err;
+        i += k;
+    }
+    return 0;
+}
+
+/* The sends whose message rows a statement writes, and what its
+ * RETURNING id, message_id fetches into. */
+struct message_rows {
+    struct send_req **w;
+    uint64_t pk;
+    char mid[CHAT_MESSAGE_ID_LEN + 2];
+    unsigned long mlen;
+};
+
+static void bind_message(struct binds *x, void *rows, size_t j)
+{
+    struct send_req *r = ((struct message_rows *)rows)->w[j];
+    const struct chat_send *in = r->in;
+    struct chat_item *it = &r->out->item;
+    add_str(x, it->message_id);
+    add_str(x, in->from);
+    add_opt_str(x, in->to);
+    add_opt_str(x, in->client_msg_id);
+    bind_blob(&x->b[x->n], in->body, in->body_len, &x->len[x->n]);
+    x->n++;
+    add_i64(x, &it->ts);
+    add_opt_str(x, in->chat);
+    add_str(x, r->conv);
+}
+
+static int messages_done(struct chat_store *s, MYSQL_STMT *st, void *rows, size_t i, size_t k)
+{
+    struct message_rows *m = rows;
+    size_t got = 0;
+    while (mysql_stmt_fetch(st) == 0) {
+        end_str(m->mid, sizeof(m->mid), m->mlen);
+        for (size_t j = i; j < i + k; j++)
+            if (m->w[j]->pk == 0 && strcmp(m->w[j]->out->item.message_id, m->mid) == 0) {
+                m->w[j]->pk = m->pk;
+                got++;
+                break;
+            }
+    }
+    mysql_stmt_free_result(st);
+    if (got != k)
+        return db_fail(s, "insert messages", 0, "RETURNING did not name every row");
+    return 0;
+}
+
+/* The message rows, RETURNING their ids into each send's pk. */
+static int insert_messages(struct chat_store *s, struct send_req **w, size_t n, struct binds *x)
+{
+    struct message_rows m = {.w = w};
+    MYSQL_BIND res[2];
+    bind_u64(&res[0], &m.pk);
+    bind_out_str(&res[1], m.mid, sizeof(m.mid), &m.mlen, NULL);
+    return write_rows(s, S_MSGS_1, 8, &m, n, x, bind_message, res, messages_done);
+}
+
+/* A recipient's user_seq row and the seqs the batch takes from it. */
+struct seq_take {
+    const char *user;
+    uint64_t n;    /* rows this batch writes for the user */
+    uint64_t next; /* the next seq to hand out; 0 until read back */
+};
+
+static int cmp_seq_take(const void *a, const void *b)
+{
+    return strcmp(((const struct seq_take *)a)->user, ((const struct seq_take *)b)->user);
+}
+
+/* Advances each recipient's last_seq by its rows in the batch (in user
+ * order: the lock order of every send) and reads the new values back. */
+static void bind_seq_take(struct binds *x, void *rows, size_t j)
+{
+    struct seq_take *t = &((struct seq_take *)rows)[j];
+    add_str(x, t->user);
+    add_u64(x, &t->n);
+}
+
+static int take_seqs(struct chat_store *s, struct seq_take *t, size_t n, struct binds *x)
+{
+    int err = write_rows(s, S_SEQS_1, 2, t, n, x, bind_seq_take, NULL, NULL);
+    if (err)
+        return err;
+    for (size_t i = 0; i < n; i += MULTI_MAX) {
+        size_t k = n - i < MULTI_MAX ? n - i : MULTI_MAX;
+        binds_start(x, MULTI_MAX);
+        for (size_t j = 0; j < MULTI_MAX; j++)
+            add_str(x, t[i + (j < k ? j : k - 1)].user);
+        char user[CHAT_USER_MAX + 2];
+        unsigned long ulen;
+        uint64_t last;
+        MYSQL_BIND res[2];
+        bind_out_str(&res[0], user, sizeof(user), &ulen, NULL);
+        bind_u64(&res[1], &last);
+        MYSQL_STMT *st;
+        int err = run(s, S_SEQ_GET, x->b, res, &st);
+        if (err)
+            return err;
+        while (mysql_stmt_fetch(st) == 0) {
+            end_str(user, sizeof(user), ulen);
+            struct seq_take key = {.user = user};
+            struct seq_take *hit = bsearch(&key, t, n, sizeof(*t), cmp_seq_take);
+            if (hit)
+                hit->next = last - hit->n + 1;
+        }
+        mysql_stmt_free_result(st);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (t[i].next == 0)
+            return db_fail(s, "user_seq", 0, "a recipient's row was not read back");
+    return 0;
+}
+
+struct inbox_row {
+    const char *user;
+    uint64_t *seq;
+    uint64_t *pk;
+    int64_t *push_at; /* NULL: no push */
+};
+
+static int cmp_inbox_row(const void *a, const void *b)
+{
+    const struct inbox_row *x = a, *y = b;
+    int c = strcmp(x->user, y->user);
+    return c ? c : (*x->seq > *y->seq) - (*x->seq < *y->seq);
+}
+
+static void bind_inbox_row(struct binds *x, void *rows, size_t j)
+{
+    struct inbox_row *r = &((struct inbox_row *)rows)[j];
+    add_str(x, r->user);
+    add_u64(x, r->seq);
+    add_u64(x, r->pk);
+    if (r->push_at)
+        add_i64(x, r->push_at);
+    else
+        bind_null(&x->b[x->n++]);
+}
+
+/* A conversations row a batch adds to (merged per user and conversation). */
+struct conv_row {
+    const char *user;
+    const char *conv;
+    uint64_t pk;
+    int64_t ts;
+    uint64_t unread;
+};
+
+static int cmp_conv_row(const void *a, const void *b)
+{
+    const struct conv_row *x = a, *y = b;
+    int c = strcmp(x->user, y->user);
+    return c ? c : strcmp(x->conv, y->conv);
+}
+
+static void bind_conv_row(struct binds *x, void *rows, size_t j)
+{
+    struct conv_row *c = &((struct conv_row *)rows)[j];
+    add_str(x, c->user);
+    add_str(x, c->conv);
+    add_u64(x, &c->pk);
+    add_i64(x, &c->ts);
+    add_u64(x, &c->unread);
+}
+
+/* Upserts the rows in (user, conversation) order, the lock order of every
+ * transaction that touches them. */
+static int upsert_convs(struct chat_store *s, struct conv_row *c, size_t n, struct binds *x)
+{
+    qsort(c, n, sizeof(*c), cmp_conv_row);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (m > 0 && cmp_conv_row(&c[m - 1], &c[i]) == 0) {
+            struct conv_row *d = &c[m - 1];
+            d->pk = d->pk > c[i].pk ? d->pk : c[i].pk;
+            d->ts = d->ts > c[i].ts ? d->ts : c[i].ts;
+            d->unread += c[i].unread;
+        } else {
+            c[m++] = c[i];
+        }
+    }
+    return write_rows(s, S_CONVS_1, 5, c, m, x, bind_conv_row, NULL, NULL);
+}
+
+/* The rows of the sends of reqs, in the open transaction, with a few
+ * multi-row statements for all of them. A send refused before anything of
+ * it is written (blocked, no such group, not a member) gets its reason in
+ * its err and the others go on. Returns 0, a MySQL errno (> 0) the caller
+ * may retry, or a negative chat_err (CHAT_EUNAVAIL). */
+static int write_sends(struct chat_store *s, struct send_req **reqs, size_t n)
+{
+    struct binds x = {0};
+    struct send_req **w = chat_xcalloc(n, sizeof(*w));
+    struct seq_take *takes = NULL;
+    struct inbox_row *rows = NULL;
+    struct conv_row *convs = NULL;
+    size_t nw = 0, ntargets = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct send_req *r = reqs[i];
+        free(r->out->targets);
+        r->out->targets = NULL;
+        r->out->ntargets = 0;
+        r->err = 0;
+        r->pk = 0;
+    }
+    int err = check_blocks(s, reqs, n, &x);
+    for (size_t i = 0; !err && i < n; i++) {
+        struct send_req *r = reqs[i];
+        const struct chat_send *in = r->in;
+        struct chat_sent *out = r->out;
+        if (r->err)
+            continue;
+        if (in->to) {
+            out->targets = chat_xcalloc(1, sizeof(*out->targets));
+            snprintf(out->targets[0].user, sizeof(out->targets[0].user), "%s", in->to);
+            out->ntargets = 1;
+            chat_conv_key_direct(r->conv, in->from, in->to);
+        } else {
+            err = group_targets(s, in, out);
+            if (send_refused(err)) {
+                r->err = err;
+                err = 0;
+                continue;
+            }
+            chat_conv_key_group(r->conv, in->chat);
+        }
+        r->push_at = out->item.ts + (int64_t)s->cfg->push_after * 1000;
+        ntargets += out->ntargets;
+        w[nw++] = r;
+    }
+    if (err || nw == 0)
+        goto out;
+    err = insert_messages(s, w, nw, &x);
+    if (err)
+        goto out;
+
+    takes = chat_xcalloc(ntargets, sizeof(*takes));
+    rows = chat_xcalloc(ntargets, sizeof(*rows));
+    convs = chat_xcalloc(ntargets + nw, sizeof(*convs));
+    size_t nt = 0, nr = 0, nc = 0;
+    for (size_t i = 0; i < nw; i++)
+        for (size_t j = 0; j < w[i]->out->ntargets; j++)
+            takes[nt++] = (struct seq_take){.user = w[i]->out->targets[j].user, .n = 1};
+    qsort(takes, nt, sizeof(*takes), cmp_seq_take);
+    size_t nu = 0;
+    for (size_t i = 0; i < nt; i++) {
+        if (nu > 0 && strcmp(takes[nu - 1].user, takes[i].user) == 0)
+            takes[nu - 1].n++;
+        else
+            takes[nu++] = takes[i];
+    }
+    err = take_seqs(s, takes, nu, &x);
+    if (err)
+        goto out;
+    for (size_t i = 0; i < nw; i++) {
+        struct send_req *r = w[i];
+        struct chat_sent *out = r->out;
+        convs[nc++] = (struct conv_row){r->in->from, r->conv, r->pk, out->item.ts, 0};
+        for (size_t j = 0; j < out->ntargets; j++) {
+            struct chat_target *t = &out->targets[j];
+            struct seq_take key = {.user = t->user};
+            struct seq_take *take = bsearch(&key, takes, nu, sizeof(*takes), cmp_seq_take);
+            t->seq = take->next++;
+            rows[nr++] = (struct inbox_row){t->user, &t->seq, &r->pk,
+                                            s->cfg->push_url[0] ? &r->push_at : NULL};
+            convs[nc++] = (struct conv_row){t->user, r->conv, r->pk, out->item.ts, 1};
+        }
+        out->item.seq = out->ntargets == 1 && r->in->to ? out->targets[0].seq : 0;
+    }
+    qsort(rows, nr, sizeof(*rows), cmp_inbox_row);
+    err = write_rows(s, S_INBOXES_1, 4, rows, nr, &x, bind_inbox_row, NULL, NULL);
+    if (!err)
+        err = upsert_convs(s, convs, nc, &x);
+out:
+    binds_free(&x);
+    free(w);
+    free(takes);
+    free(rows);
+    free(convs);
+    return err;
+}
+
+/* One attempt of a send transaction for reqs: 0 when it committed (each
+ * send's err tells whether it was refused), or why it did not. */
+static int send_once(struct chat_store *s, struct send_req **reqs, size_t n)
 {
     int err = begin(s);
     if (err)
         return err;
-    err = send_rows(s, in, out);
+    err = write_sends(s, reqs, n);
     if (err) {
         rollback(s);
         return err;
@@ -924,11 +1257,17 @@ static void send_done(const struct chat_send *in, struct chat_sent *out)
 /* A send in a transaction of its own, retried after a lock conflict. */
 static int send_alone(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
 {
+    struct send_req req = {.in = in, .out = out}, *r = &req;
     for (int attempt = 0; attempt < 3; attempt++) {
-        int err = send_once(s, in, out);
-        if (err == 0) {
+        int err = send_once(s, &r, 1);
+        if (err == 0 && req.err == 0) {
             send_done(in, out);
             return 0;
+        }
+        if (err == 0) {
+            /* Refused: nothing was written (the empty transaction committed). */
+            chat_sent_cleanup(out);
+            return req.err;
         }
         if (err == ER_DUP_ENTRY && in->client_msg_id) {
             /* A concurrent send with the same client_msg_id won the race. */
@@ -948,16 +1287,9 @@ static int send_alone(struct chat_store *s, const struct chat_send *in, struct c
 /* Group commit. Sends that arrive while another thread's batch is being
  * written queue up; the next thread to find none being written takes the
  * queue (up to [mysql] send_batch) and writes it all in one transaction on
- * its own connection: one COMMIT, one log flush, for all of them. Every
- * sender still answers only after the COMMIT that holds its rows. */
-struct send_req {
-    struct send_req *next;
-    const struct chat_send *in;
-    struct chat_sent *out;
-    int err;
-    bool done;
-};
-
+ * its own connection: one COMMIT, one log flush, and a few multi-row
+ * statements for all of them. Every sender still answers only after the
+ * COMMIT that holds its rows. */
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -965,7 +1297,7 @@ static struct {
     bool busy; /* a thread is writing a batch */
 } batcher = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, false};
 
-/* The lock order of a batch: by recipient (or group), as in one send. */
+/* The order of a batch: by recipient (or group), as in one send. */
 static int cmp_send_req(const void *a, const void *b)
 {
     const struct send_req *x = *(struct send_req *const *)a, *y = *(struct send_req *const *)b;
@@ -980,17 +1312,13 @@ static void send_batch(struct chat_store *s, struct send_req **reqs, size_t n)
     }
     qsort(reqs, n, sizeof(*reqs), cmp_send_req);
     int err = begin(s);
-    for (size_t i = 0; !err && i < n; i++) {
-        err = send_rows(s, reqs[i]->in, reqs[i]->out);
-        reqs[i]->err = err;
-        if (send_refused(err))
-            err = 0; /* nothing of it was written: the others go on */
-    }
+    if (!err)
+        err = write_sends(s, reqs, n);
     if (!err) {
         err = commit(s);
         for (size_t i = 0; i < n; i++) {
             struct send_req *r = reqs[i];
-            if (send_refused(r->err)) {
+            if (r->err) {
                 chat_sent_cleanup(r->out);
             } else if (err) {
                 /* The COMMIT failed: as for a send alone, no 201. */
@@ -1010,8 +1338,7 @@ static void send_batch(struct chat_store *s, struct send_req **reqs, size_t n)
     for (size_t i = 0; i < n; i++) {
         struct send_req *r = reqs[i];
         chat_sent_cleanup(r->out);
-        if (!send_refused(r->err))
-            r->err = send_alone(s, r->in, r->out);
+        r->err = send_alone(s, r->in, r->out);
     }
 }
 
@@ -1825,6 +2152,8 @@ static int cmp_row_ref(const void *a, const void *b)
     return c ? c : (x->seq > y->seq) - (x->seq < y->seq);
 }
 
+/* The rows of refs (sorted; seq 0 skipped) in one transaction: one UPDATE
+ * (or DELETE) for up to MULTI_MAX rows, the last repeated to fill it. */
 static int ack_batch_once(struct chat_store *s, const struct chat_row_ref *refs, size_t n,
                           enum chat_policy policy, int64_t now_ms, size_t *applied)
 {
@@ -1832,27 +2161,35 @@ static int ack_batch_once(struct chat_store *s, const struct chat_row_ref *refs,
     int err = begin(s);
     if (err)
         return err;
-    for (size_t i = 0; i < n; i++) {
-        if (refs[i].seq == 0)
-            continue;
-        unsigned long ulen;
-        uint64_t after = refs[i].seq - 1, last = refs[i].seq;
-        int64_t ts = now_ms;
-        MYSQL_BIND par[4];
-        MYSQL_STMT *st;
+    struct binds x = {0};
+    int64_t ts = now_ms;
+    size_t i = 0;
+    while (i < n) {
+        const struct chat_row_ref *chunk[MULTI_MAX];
         size_t k = 0;
+        for (; i < n && k < MULTI_MAX; i++)
+            if (refs[i].seq != 0)
+                chunk[k++] = &refs[i];
+        if (k == 0)
+            break;
+        binds_start(&x, 1 + 2 * MULTI_MAX);
         if (policy == CHAT_POLICY_MARK)
-            bind_i64(&par[k++], &ts);
-        bind_str(&par[k++], refs[i].user, &ulen);
-        bind_u64(&par[k++], &after);
-        bind_u64(&par[k++], &last);
-        err = run(s, policy == CHAT_POLICY_MARK ? S_ACK_MARK : S_ACK_DELETE, par, NULL, &st);
+            add_i64(&x, &ts);
+        for (size_t j = 0; j < MULTI_MAX; j++) {
+            const struct chat_row_ref *r = chunk[j < k ? j : k - 1];
+            add_str(&x, r->user);
+            add_u64(&x, (uint64_t *)&r->seq);
+        }
+        MYSQL_STMT *st;
+        err = run(s, policy == CHAT_POLICY_MARK ? S_ACKS_MARK : S_ACKS_DELETE, x.b, NULL, &st);
         if (err) {
+            binds_free(&x);
             rollback(s);
             return err;
         }
         *applied += (size_t)mysql_stmt_affected_rows(st);
     }
+    binds_free(&x);
     return commit(s);
 }
 
