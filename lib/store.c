@@ -44,7 +44,6 @@ enum stmt_id {
     S_SCHEMA,
     MULTI_IDS(S_MSGS),
     MULTI_IDS(S_SEQS),
-    S_SEQ_GET,
     MULTI_IDS(S_INBOXES),
     S_FIND_CLIENT,
     S_INBOX_ALL,
@@ -102,11 +101,11 @@ static const char *const stmt_sql[S_COUNT] = {
               "INSERT INTO messages (message_id, sender, recipient, client_msg_id, body, ts, "
               "chat_id, conv_key) VALUES ",
               "(?, ?, ?, ?, ?, ?, ?, ?)", " RETURNING id, message_id"),
-    /* A send's recipients' rows, locked until COMMIT: seqs stay gapless. */
+    /* A send's recipients' rows, locked until COMMIT: seqs stay gapless.
+     * RETURNING hands back each row's new last_seq. */
     MULTI_SQL(S_SEQS, "INSERT INTO user_seq (user_id, last_seq) VALUES ", "(?, ?)",
-              " ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)"),
-    [S_SEQ_GET] = "SELECT user_id, last_seq FROM user_seq WHERE user_id IN (" ROWS_32("?") ") "
-                  "FOR UPDATE",
+              " ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq) "
+              "RETURNING user_id, last_seq"),
     MULTI_SQL(S_INBOXES, "INSERT INTO inbox (user_id, seq, msg_pk, status, push_next_ms) VALUES ",
               "(?, ?, ?, 0, ?)", ""),
     [S_FIND_CLIENT] = "SELECT message_id, recipient, body, ts, chat_id FROM messages "
@@ -1018,47 +1017,53 @@ static int cmp_seq_take(const void *a, const void *b)
     return strcmp(((const struct seq_take *)a)->user, ((const struct seq_take *)b)->user);
 }
 
-/* Advances each recipient's last_seq by its rows in the batch (in user
- * order: the lock order of every send) and reads the new values back. */
+/* What INSERT INTO user_seq ... RETURNING user_id, last_seq fetches into. */
+struct seq_rows {
+    struct seq_take *t;
+    size_t n;
+    char user[CHAT_USER_MAX + 2];
+    unsigned long ulen;
+    uint64_t last;
+};
+
 static void bind_seq_take(struct binds *x, void *rows, size_t j)
 {
-    struct seq_take *t = &((struct seq_take *)rows)[j];
+    struct seq_take *t = &((struct seq_rows *)rows)->t[j];
     add_str(x, t->user);
     add_u64(x, &t->n);
 }
 
+static int seqs_done(struct chat_store *s, MYSQL_STMT *st, void *rows, size_t i, size_t k)
+{
+    (void)s;
+    (void)i;
+    (void)k;
+    struct seq_rows *q = rows;
+    while (mysql_stmt_fetch(st) == 0) {
+        end_str(q->user, sizeof(q->user), q->ulen);
+        struct seq_take key = {.user = q->user};
+        struct seq_take *hit = bsearch(&key, q->t, q->n, sizeof(*q->t), cmp_seq_take);
+        if (hit)
+            hit->next = q->last - hit->n + 1;
+    }
+    mysql_stmt_free_result(st);
+    return 0;
+}
+
+/* Advances each recipient's last_seq by its rows in the batch (in user
+ * order: the lock order of every send) and takes the new values back. */
 static int take_seqs(struct chat_store *s, struct seq_take *t, size_t n, struct binds *x)
 {
-    int err = write_rows(s, S_SEQS_1, 2, t, n, x, bind_seq_take, NULL, NULL);
+    struct seq_rows q = {.t = t, .n = n};
+    MYSQL_BIND res[2];
+    bind_out_str(&res[0], q.user, sizeof(q.user), &q.ulen, NULL);
+    bind_u64(&res[1], &q.last);
+    int err = write_rows(s, S_SEQS_1, 2, &q, n, x, bind_seq_take, res, seqs_done);
     if (err)
         return err;
-    for (size_t i = 0; i < n; i += MULTI_MAX) {
-        size_t k = n - i < MULTI_MAX ? n - i : MULTI_MAX;
-        binds_start(x, MULTI_MAX);
-        for (size_t j = 0; j < MULTI_MAX; j++)
-            add_str(x, t[i + (j < k ? j : k - 1)].user);
-        char user[CHAT_USER_MAX + 2];
-        unsigned long ulen;
-        uint64_t last;
-        MYSQL_BIND res[2];
-        bind_out_str(&res[0], user, sizeof(user), &ulen, NULL);
-        bind_u64(&res[1], &last);
-        MYSQL_STMT *st;
-        int err = run(s, S_SEQ_GET, x->b, res, &st);
-        if (err)
-            return err;
-        while (mysql_stmt_fetch(st) == 0) {
-            end_str(user, sizeof(user), ulen);
-            struct seq_take key = {.user = user};
-            struct seq_take *hit = bsearch(&key, t, n, sizeof(*t), cmp_seq_take);
-            if (hit)
-                hit->next = last - hit->n + 1;
-        }
-        mysql_stmt_free_result(st);
-    }
     for (size_t i = 0; i < n; i++)
         if (t[i].next == 0)
-            return db_fail(s, "user_seq", 0, "a recipient's row was not read back");
+            return db_fail(s, "user_seq", 0, "RETURNING did not name every recipient");
     return 0;
 }
 
