@@ -651,7 +651,13 @@ int main(int argc, char **argv)
     /* Stop accepting, end every stream and long-poll (which resumes every
      * suspended connection: MHD must not stop with one suspended), give them
      * a moment to go, then stop. */
-    MHD_quiesce_daemon(chatd.mhd);
+    MHD_socket lsock = MHD_quiesce_daemon(chatd.mhd);
+    /* The listening socket stays open until MHD has stopped (its threads
+     * may still look at it), but it must stop taking connections now: with
+     * SO_REUSEPORT the kernel would go on queueing clients on it, which a
+     * node started on the same port meanwhile would then never see. */
+    if (lsock != MHD_INVALID_SOCKET)
+        shutdown(lsock, SHUT_RDWR);
     chat_delivery_stop(chatd.delivery);
     for (int i = 0; i < 40 && (atomic_load(&chat_metrics.streams_open) > 0 ||
                                atomic_load(&chat_metrics.polls_waiting) > 0);
@@ -661,6 +667,8 @@ int main(int argc, char **argv)
      * with a connection suspended. */
     workers_stop(&chatd.workers);
     MHD_stop_daemon(chatd.mhd);
+    if (lsock != MHD_INVALID_SOCKET)
+        close(lsock);
     rc = 0;
 out:
     workers_stop(&chatd.workers);

@@ -193,13 +193,18 @@ static const char *const stmt_sql[S_COUNT] = {
                     "WHERE user_id = ? AND seq = ?",
     [S_PUSH_RETRY] = "UPDATE inbox SET push_attempts = push_attempts + 1, push_next_ms = ?, "
                      "push_state = IF(push_attempts >= ?, 2, 0) WHERE user_id = ? AND seq = ?",
-    /* The people a user talks with: direct peers and fellow group members. */
-    [S_CONV_PEERS] = "SELECT x.user_id FROM conversations c "
-                     "JOIN conversations x ON x.conv_key = c.conv_key AND x.user_id <> c.user_id "
-                     "WHERE c.user_id = ? UNION "
+    /* The people a user talks with: direct peers and fellow group members.
+     * The peer of a direct conversation is read from its key ("d:a|b"; a
+     * user id has no '|'), so only the user's own rows are read (a join on
+     * conv_key would scan the whole table: it has no index of its own). */
+    [S_CONV_PEERS] = "SELECT p FROM ("
+                     "SELECT IF(SUBSTRING_INDEX(SUBSTRING(conv_key, 3), '|', 1) = user_id, "
+                     "SUBSTRING_INDEX(conv_key, '|', -1), "
+                     "SUBSTRING_INDEX(SUBSTRING(conv_key, 3), '|', 1)) AS p "
+                     "FROM conversations WHERE user_id = ? AND conv_key LIKE 'd:%' UNION "
                      "SELECT b.user_id FROM chat_members a "
-                     "JOIN chat_members b ON b.chat_id = a.chat_id AND b.user_id <> a.user_id "
-                     "WHERE a.user_id = ? LIMIT 1000",
+                     "JOIN chat_members b ON b.chat_id = a.chat_id WHERE a.user_id = ?"
+                     ") t WHERE p <> ? LIMIT 1000",
 };
 
 struct chat_store {
@@ -1897,9 +1902,9 @@ static int user_column(struct chat_store *s, enum stmt_id id, const char *param,
     *n = 0;
     unsigned long plen, ulen;
     char user[CHAT_USER_MAX + 2];
-    MYSQL_BIND par[2], res[1];
+    MYSQL_BIND par[3], res[1];
     bind_str(&par[0], param, &plen);
-    par[1] = par[0]; /* for a statement that names the user twice */
+    par[1] = par[2] = par[0]; /* for a statement that names the user more than once */
     bind_out_str(&res[0], user, sizeof(user), &ulen, NULL);
     MYSQL_STMT *st;
     int err = run(s, id, par, res, &st);
