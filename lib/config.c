@@ -94,6 +94,9 @@ static const struct key keys[] = {
     {"delivery", "ack_timeout", KEY_INT, OFF(ack_timeout), "5", 1, 3600,
      "Seconds after which a message with no ACK is counted (chat_ack_timeouts_total); "
      "its row stays PENDING and is replayed."},
+    {"delivery", "ack_batch_ms", KEY_INT, OFF(ack_batch_ms), "5", 0, 1000,
+     "Milliseconds a node waits for more ACKs before it writes the ones it has (one COMMIT "
+     "for all); 0: at once. Delays the sender's delivered receipt by as much."},
     {"delivery", "keepalive", KEY_INT, OFF(keepalive), "15", 1, 300,
      "Seconds between keepalive comments on an idle SSE stream; also how soon a vanished "
      "client is noticed."},

@@ -51,6 +51,7 @@ struct chat_config {
     enum chat_mode mode;
     enum chat_policy ack_policy;
     int ack_timeout;
+    int ack_batch_ms;
     int keepalive;
     int retry_ms;
     int max_message_bytes;

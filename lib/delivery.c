@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <uthash.h>
 
@@ -157,6 +158,7 @@ struct chat_delivery {
     pthread_mutex_t ack_lock;
     pthread_cond_t ack_cond;
     struct ack_job *acks, **acks_tail;
+    size_t nacks; /* jobs in acks */
     bool ack_stop;
 };
 
@@ -354,6 +356,9 @@ static void pending_forget(struct chat_delivery *d, const char *message_id)
     }
 }
 
+/* Rows per ACK transaction at most. */
+#define ACK_BATCH_MAX 512
+
 static void ack_enqueue(struct chat_delivery *d, const char *user, uint64_t seq)
 {
     struct ack_job *j = chat_xcalloc(1, sizeof(*j));
@@ -362,7 +367,9 @@ static void ack_enqueue(struct chat_delivery *d, const char *user, uint64_t seq)
     pthread_mutex_lock(&d->ack_lock);
     *d->acks_tail = j;
     d->acks_tail = &j->next;
-    pthread_cond_signal(&d->ack_cond);
+    /* The worker waits for the first of a batch and for a full one. */
+    if (++d->nacks == 1 || d->nacks >= ACK_BATCH_MAX)
+        pthread_cond_signal(&d->ack_cond);
     pthread_mutex_unlock(&d->ack_lock);
 }
 
@@ -572,9 +579,6 @@ static const struct chat_bus_ops bus_ops = {
 /* The ACK worker: applies ACKs of messages this node stored                */
 /* ------------------------------------------------------------------------ */
 
-/* Rows per ACK transaction at most. */
-#define ACK_BATCH_MAX 512
-
 /* Takes every ACK queued so far and applies them together, one commit per
  * batch: under load many ACKs share one fsync. */
 static void *ack_main(void *arg)
@@ -588,10 +592,22 @@ static void *ack_main(void *arg)
             pthread_cond_wait(&d->ack_cond, &d->ack_lock);
             continue;
         }
+        /* Let the ACKs of the next few milliseconds join this batch. */
+        if (d->cfg->ack_batch_ms > 0 && d->nacks < ACK_BATCH_MAX) {
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            long ns = until.tv_nsec + (long)d->cfg->ack_batch_ms * 1000000L;
+            until.tv_sec += ns / 1000000000L;
+            until.tv_nsec = ns % 1000000000L;
+            while (!d->ack_stop && d->nacks < ACK_BATCH_MAX &&
+                   pthread_cond_timedwait(&d->ack_cond, &d->ack_lock, &until) == 0)
+                ;
+        }
         size_t n = 0;
         while (d->acks && n < ACK_BATCH_MAX) {
             struct ack_job *j = d->acks;
             d->acks = j->next;
+            d->nacks--;
             snprintf(refs[n].user, sizeof(refs[n].user), "%s", j->user);
             refs[n].seq = j->seq;
             n++;
@@ -628,7 +644,11 @@ struct chat_delivery *chat_delivery_new(const struct chat_config *cfg)
     pthread_mutex_init(&d->hub_lock, NULL);
     pthread_mutex_init(&d->pending_lock, NULL);
     pthread_mutex_init(&d->ack_lock, NULL);
-    pthread_cond_init(&d->ack_cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&d->ack_cond, &ca);
+    pthread_condattr_destroy(&ca);
     d->acks_tail = &d->acks;
     d->bus = chat_bus_new(cfg, &bus_ops, d);
     if (!d->bus) {
