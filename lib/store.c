@@ -856,6 +856,12 @@ static void add_str(struct binds *x, const char *v)
     x->n++;
 }
 
+static void add_blob(struct binds *x, const char *v, size_t n)
+{
+    bind_blob(&x->b[x->n], v, n, &x->len[x->n]);
+    x->n++;
+}
+
 static void add_opt_str(struct binds *x, const char *v)
 {
     if (v)
@@ -974,8 +980,7 @@ static void bind_message(struct binds *x, void *rows, size_t j)
     add_str(x, in->from);
     add_opt_str(x, in->to);
     add_opt_str(x, in->client_msg_id);
-    bind_blob(&x->b[x->n], in->body, in->body_len, &x->len[x->n]);
-    x->n++;
+    add_blob(x, in->body, in->body_len);
     add_i64(x, &it->ts);
     add_opt_str(x, in->chat);
     add_str(x, r->conv);
@@ -2164,7 +2169,7 @@ static int cmp_row_ref(const void *a, const void *b)
 
 /* The rows of refs (sorted; seq 0 skipped) in one transaction: one UPDATE
  * (or DELETE) for up to MULTI_MAX rows, the last repeated to fill it. */
-static int ack_batch_once(struct chat_store *s, const struct chat_row_ref *refs, size_t n,
+static int ack_batch_once(struct chat_store *s, struct chat_row_ref *refs, size_t n,
                           enum chat_policy policy, int64_t now_ms, size_t *applied)
 {
     *applied = 0;
@@ -2175,7 +2180,7 @@ static int ack_batch_once(struct chat_store *s, const struct chat_row_ref *refs,
     int64_t ts = now_ms;
     size_t i = 0;
     while (i < n) {
-        const struct chat_row_ref *chunk[MULTI_MAX];
+        struct chat_row_ref *chunk[MULTI_MAX];
         size_t k = 0;
         for (; i < n && k < MULTI_MAX; i++)
             if (refs[i].seq != 0)
@@ -2186,9 +2191,9 @@ static int ack_batch_once(struct chat_store *s, const struct chat_row_ref *refs,
         if (policy == CHAT_POLICY_MARK)
             add_i64(&x, &ts);
         for (size_t j = 0; j < MULTI_MAX; j++) {
-            const struct chat_row_ref *r = chunk[j < k ? j : k - 1];
+            struct chat_row_ref *r = chunk[j < k ? j : k - 1];
             add_str(&x, r->user);
-            add_u64(&x, (uint64_t *)&r->seq);
+            add_u64(&x, &r->seq);
         }
         MYSQL_STMT *st;
         err = run(s, policy == CHAT_POLICY_MARK ? S_ACKS_MARK : S_ACKS_DELETE, x.b, NULL, &st);
