@@ -23,28 +23,40 @@
 /* Statements                                                               */
 /* ------------------------------------------------------------------------ */
 
-/* Multi-row statements come in a family per kind, one statement for each
- * arity 1, 2, 4, ... MULTI_MAX rows (constant texts, like every other); a
- * batch of n rows takes the largest that fits, then the next. Lookups take
- * MULTI_MAX keys at once, the last repeated to fill the statement. */
-#define MULTI_MAX 32
-#define MULTI_IDS(name) name##_1, name##_2, name##_4, name##_8, name##_16, name##_32
-#define ROWS_1(r) r
-#define ROWS_2(r) r ", " r
-#define ROWS_4(r) ROWS_2(r) ", " ROWS_2(r)
-#define ROWS_8(r) ROWS_4(r) ", " ROWS_4(r)
-#define ROWS_16(r) ROWS_8(r) ", " ROWS_8(r)
-#define ROWS_32(r) ROWS_16(r) ", " ROWS_16(r)
-#define MULTI_SQL(name, head, row, tail)                                                           \
-    [name##_1] = head ROWS_1(row) tail, [name##_2] = head ROWS_2(row) tail,                        \
-    [name##_4] = head ROWS_4(row) tail, [name##_8] = head ROWS_8(row) tail,                        \
-    [name##_16] = head ROWS_16(row) tail, [name##_32] = head ROWS_32(row) tail
+/* Statements that write or look up many rows take them as one JSON array
+ * of arrays, read by JSON_TABLE as the table j (a column per place in the
+ * inner array): one statement whatever the number of rows, with a constant
+ * text like every other. User, chat and conversation ids are ASCII; a
+ * value that does not fit its column fails the statement. */
+#define ROWS "JSON_TABLE(?, '$[*]' COLUMNS ("
+#define AS_J ")) AS j"
+#define ASCII " CHARACTER SET ascii COLLATE ascii_bin PATH "
+#define UTF8 " CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH "
+#define NUM " PATH "
+#define STRICT " ERROR ON ERROR"
+#define MSG_ROWS                                                                                   \
+    ROWS "mid CHAR(26)" ASCII "'$[0]'" STRICT ", snd VARCHAR(64)" ASCII "'$[1]'" STRICT            \
+         ", cmid VARCHAR(64)" UTF8 "'$[2]'" STRICT ", body MEDIUMTEXT" UTF8 "'$[3]'" STRICT        \
+         ", ts BIGINT" NUM "'$[4]'" STRICT ", chat VARCHAR(64)" ASCII "'$[5]'" STRICT              \
+         ", ck VARCHAR(140)" ASCII "'$[6]'" STRICT AS_J
+#define SEQ_ROWS                                                                                   \
+    ROWS "u VARCHAR(64)" ASCII "'$[0]'" STRICT ", n BIGINT UNSIGNED" NUM "'$[1]'" STRICT AS_J
+#define INBOX_ROWS                                                                                 \
+    ROWS "u VARCHAR(64)" ASCII "'$[0]'" STRICT ", q BIGINT UNSIGNED" NUM "'$[1]'" STRICT           \
+         ", pk BIGINT UNSIGNED" NUM "'$[2]'" STRICT ", push BIGINT" NUM                            \
+         "'$[3]' NULL ON EMPTY" STRICT AS_J
+#define CONV_ROWS                                                                                  \
+    ROWS "u VARCHAR(64)" ASCII "'$[0]'" STRICT ", ck VARCHAR(140)" ASCII "'$[1]'" STRICT           \
+         ", pk BIGINT UNSIGNED" NUM "'$[2]'" STRICT ", ts BIGINT" NUM "'$[3]'" STRICT              \
+         ", nu BIGINT UNSIGNED" NUM "'$[4]'" STRICT AS_J
+#define ACK_ROWS                                                                                   \
+    ROWS "u VARCHAR(64)" ASCII "'$[0]'" STRICT ", q BIGINT UNSIGNED" NUM "'$[1]'" STRICT AS_J
 
 enum stmt_id {
     S_SCHEMA,
-    MULTI_IDS(S_MSGS),
-    MULTI_IDS(S_SEQS),
-    MULTI_IDS(S_INBOXES),
+    S_MSGS,
+    S_SEQS,
+    S_INBOXES,
     S_FIND_CLIENT,
     S_INBOX_ALL,
     S_INBOX_PENDING,
@@ -57,7 +69,7 @@ enum stmt_id {
     S_MSG,
     S_MSG_RCPT,
     S_MEMBERS_SHARE,
-    MULTI_IDS(S_CONVS),
+    S_CONVS,
     S_GROUP_INS,
     S_MEMBER_INS,
     S_MEMBER_DEL,
@@ -74,7 +86,7 @@ enum stmt_id {
     S_CONV_LIST,
     S_HISTORY,
     S_MSG_PK,
-    S_BLOCKED_ANY,
+    S_SEND_DIRECT,
     S_BLOCK_INS,
     S_BLOCK_DEL,
     S_BLOCK_LIST,
@@ -97,17 +109,18 @@ enum stmt_id {
 
 static const char *const stmt_sql[S_COUNT] = {
     [S_SCHEMA] = "SELECT COALESCE(MAX(version), 0) FROM schema_version",
-    MULTI_SQL(S_MSGS,
-              "INSERT INTO messages (message_id, sender, recipient, client_msg_id, body, ts, "
-              "chat_id, conv_key) VALUES ",
-              "(?, ?, ?, ?, ?, ?, ?, ?)", " RETURNING id, message_id"),
-    /* A send's recipients' rows, locked until COMMIT: seqs stay gapless.
-     * RETURNING hands back each row's new last_seq. */
-    MULTI_SQL(S_SEQS, "INSERT INTO user_seq (user_id, last_seq) VALUES ", "(?, ?)",
-              " ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq) "
-              "RETURNING user_id, last_seq"),
-    MULTI_SQL(S_INBOXES, "INSERT INTO inbox (user_id, seq, msg_pk, status, push_next_ms) VALUES ",
-              "(?, ?, ?, 0, ?)", ""),
+    /* A batch of group messages, RETURNING their ids. */
+    [S_MSGS] = "INSERT INTO messages (message_id, sender, recipient, client_msg_id, body, ts, "
+               "chat_id, conv_key) SELECT j.mid, j.snd, NULL, j.cmid, j.body, j.ts, j.chat, j.ck "
+               "FROM " MSG_ROWS " RETURNING id, message_id",
+    /* The recipients' rows, [user_id, n] in user order, locked until COMMIT:
+     * seqs stay gapless. RETURNING hands back each row's new last_seq. */
+    [S_SEQS] = "INSERT INTO user_seq (user_id, last_seq) SELECT j.u, j.n FROM " SEQ_ROWS
+               " ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq) "
+               "RETURNING user_id, last_seq",
+    /* [user_id, seq, msg_pk, push_next_ms or null] */
+    [S_INBOXES] = "INSERT INTO inbox (user_id, seq, msg_pk, status, push_next_ms) "
+                  "SELECT j.u, j.q, j.pk, 0, j.push FROM " INBOX_ROWS,
     [S_FIND_CLIENT] = "SELECT message_id, recipient, body, ts, chat_id FROM messages "
                       "WHERE sender = ? AND client_msg_id = ?",
     [S_INBOX_ALL] = "SELECT " ITEM_COLS " FROM inbox i JOIN messages m ON m.id = i.msg_pk "
@@ -123,9 +136,13 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_ACK_MARK] = "UPDATE inbox SET status = 1, delivered_ts = ? "
                    "WHERE user_id = ? AND status = 0 AND seq > ? AND seq <= ?",
     [S_ACK_DELETE] = "DELETE FROM inbox WHERE user_id = ? AND status = 0 AND seq > ? AND seq <= ?",
-    [S_ACKS_MARK] = "UPDATE inbox SET status = 1, delivered_ts = ? WHERE status = 0 AND "
-                    "(user_id, seq) IN (" ROWS_32("(?, ?)") ")",
-    [S_ACKS_DELETE] = "DELETE FROM inbox WHERE status = 0 AND (user_id, seq) IN (" ROWS_32("(?, ?)") ")",
+    /* A batch of ACKs: one statement (and its own transaction) for the rows
+     * of a JSON array of [user_id, seq] pairs, looked up in that order. */
+    [S_ACKS_MARK] = "UPDATE " ACK_ROWS " STRAIGHT_JOIN inbox i "
+                    "ON i.user_id = j.u AND i.seq = j.q "
+                    "SET i.status = 1, i.delivered_ts = ? WHERE i.status = 0",
+    [S_ACKS_DELETE] = "DELETE i FROM " ACK_ROWS " STRAIGHT_JOIN inbox i "
+                      "ON i.user_id = j.u AND i.seq = j.q WHERE i.status = 0",
     [S_MSG] = "SELECT id, message_id, sender, recipient, body, ts, chat_id FROM messages "
               "WHERE message_id = ?",
     [S_MSG_RCPT] = "SELECT user_id, status, delivered_ts, read_ts FROM inbox WHERE msg_pk = ? "
@@ -134,14 +151,12 @@ static const char *const stmt_sql[S_COUNT] = {
      * (which locks them exclusively) lands before it or after it, whole. */
     [S_MEMBERS_SHARE] = "SELECT user_id FROM chat_members WHERE chat_id = ? ORDER BY user_id "
                         "LOCK IN SHARE MODE",
-    MULTI_SQL(S_CONVS,
-              "INSERT INTO conversations (user_id, conv_key, last_msg_pk, last_ts, unread) "
-              "VALUES ",
-              "(?, ?, ?, ?, ?)",
-              " ON DUPLICATE KEY UPDATE "
-              "last_msg_pk = GREATEST(last_msg_pk, VALUES(last_msg_pk)), "
-              "last_ts = GREATEST(last_ts, VALUES(last_ts)), "
-              "unread = unread + VALUES(unread)"),
+    /* [user_id, conv_key, last_msg_pk, last_ts, unread], in key order */
+    [S_CONVS] = "INSERT INTO conversations (user_id, conv_key, last_msg_pk, last_ts, unread) "
+                "SELECT j.u, j.ck, j.pk, j.ts, j.nu FROM " CONV_ROWS " ON DUPLICATE KEY UPDATE "
+                "last_msg_pk = GREATEST(last_msg_pk, VALUES(last_msg_pk)), "
+                "last_ts = GREATEST(last_ts, VALUES(last_ts)), "
+                "unread = unread + VALUES(unread)",
     [S_GROUP_INS] = "INSERT INTO chats (id, name, owner, created_ts) VALUES (?, ?, ?, ?)",
     [S_MEMBER_INS] =
         "INSERT IGNORE INTO chat_members (chat_id, user_id, joined_ts) VALUES (?, ?, ?)",
@@ -175,8 +190,8 @@ static const char *const stmt_sql[S_COUNT] = {
                   "FROM messages m WHERE m.conv_key = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
     [S_MSG_PK] = "SELECT id, conv_key FROM messages WHERE message_id = ?",
     [S_DURABILITY] = "SELECT @@GLOBAL.innodb_flush_log_at_trx_commit",
-    [S_BLOCKED_ANY] = "SELECT user_id, blocked FROM blocks WHERE (user_id, blocked) IN ("
-                      ROWS_32("(?, ?)") ")",
+    /* Direct sends: sql/004_send_direct.sql. */
+    [S_SEND_DIRECT] = "CALL chat_send_direct(?, ?)",
     [S_BLOCK_INS] = "INSERT IGNORE INTO blocks (user_id, blocked, created_ts) VALUES (?, ?, ?)",
     [S_BLOCK_DEL] = "DELETE FROM blocks WHERE user_id = ? AND blocked = ?",
     [S_BLOCK_LIST] = "SELECT blocked FROM blocks WHERE user_id = ? ORDER BY blocked LIMIT 1000",
@@ -323,16 +338,6 @@ static void bind_str(MYSQL_BIND *b, const char *v, unsigned long *len)
     b->buffer_type = MYSQL_TYPE_STRING;
     b->buffer = (void *)v;
     *len = v ? strlen(v) : 0;
-    b->buffer_length = *len;
-    b->length = len;
-}
-
-static void bind_blob(MYSQL_BIND *b, const char *v, size_t n, unsigned long *len)
-{
-    memset(b, 0, sizeof(*b));
-    b->buffer_type = MYSQL_TYPE_STRING;
-    b->buffer = (void *)v;
-    *len = (unsigned long)n;
     b->buffer_length = *len;
     b->length = len;
 }
@@ -819,200 +824,104 @@ struct send_req {
     struct chat_sent *out;
     int err; /* 0, or why this send was refused or failed */
     bool done;
+    pthread_cond_t wake; /* its sender waits on it in a queue */
     char conv[CHAT_CONV_KEY_MAX + 1];
     uint64_t pk; /* messages.id of its row */
-    int64_t push_at;
 };
 
-/* The parameters of a multi-row statement, bound in the order they are
- * added. The values a parameter points to must outlive the execution. */
-struct binds {
-    MYSQL_BIND *b;
-    unsigned long *len;
-    size_t n, cap;
-};
-
-static void binds_start(struct binds *x, size_t need)
+/* Rows for a statement that reads them with JSON_TABLE: an array of
+ * arrays, one value per column. Numbers go as their digits (cJSON would
+ * print them through a double). */
+static cJSON *json_row(cJSON *rows)
 {
-    if (need > x->cap) {
-        free(x->b);
-        free(x->len);
-        x->b = chat_xcalloc(need, sizeof(*x->b));
-        x->len = chat_xcalloc(need, sizeof(*x->len));
-        x->cap = need;
+    cJSON *row = cJSON_CreateArray();
+    cJSON_AddItemToArray(rows, row);
+    return row;
+}
+
+static void json_str(cJSON *row, const char *v)
+{
+    cJSON_AddItemToArray(row, v ? cJSON_CreateString(v) : cJSON_CreateNull());
+}
+
+static void json_i64(cJSON *row, int64_t v)
+{
+    char text[24];
+    snprintf(text, sizeof(text), "%lld", (long long)v);
+    cJSON_AddItemToArray(row, cJSON_CreateRaw(text));
+}
+
+static void json_u64(cJSON *row, uint64_t v)
+{
+    char text[24];
+    snprintf(text, sizeof(text), "%llu", (unsigned long long)v);
+    cJSON_AddItemToArray(row, cJSON_CreateRaw(text));
+}
+
+/* A message's body, which need not end in a NUL. */
+static void json_body(cJSON *row, const struct chat_send *in)
+{
+    char *body = chat_xstrndup(in->body, in->body_len);
+    json_str(row, body);
+    free(body);
+}
+
+/* Runs statement id with the rows as its first parameter and more (if
+ * given) after them; frees rows. As run(). */
+static int run_rows(struct chat_store *s, enum stmt_id id, cJSON *rows, MYSQL_BIND *more,
+                    MYSQL_BIND *results, MYSQL_STMT **out)
+{
+    char *json = chat_json_print(rows);
+    cJSON_Delete(rows);
+    unsigned long len;
+    MYSQL_BIND par[2];
+    bind_str(&par[0], json, &len);
+    if (more)
+        par[1] = *more;
+    int err = run(s, id, par, results, out);
+    free(json);
+    return err;
+}
+
+/* The group messages of w, RETURNING their ids into each send's pk. */
+static int insert_messages(struct chat_store *s, struct send_req **w, size_t n)
+{
+    cJSON *rows = cJSON_CreateArray();
+    for (size_t i = 0; i < n; i++) {
+        const struct chat_send *in = w[i]->in;
+        cJSON *row = json_row(rows);
+        json_str(row, w[i]->out->item.message_id);
+        json_str(row, in->from);
+        json_str(row, in->client_msg_id);
+        json_body(row, in);
+        json_i64(row, w[i]->out->item.ts);
+        json_str(row, in->chat);
+        json_str(row, w[i]->conv);
     }
-    x->n = 0;
-}
-
-static void binds_free(struct binds *x)
-{
-    free(x->b);
-    free(x->len);
-}
-
-static void add_str(struct binds *x, const char *v)
-{
-    bind_str(&x->b[x->n], v, &x->len[x->n]);
-    x->n++;
-}
-
-static void add_blob(struct binds *x, const char *v, size_t n)
-{
-    bind_blob(&x->b[x->n], v, n, &x->len[x->n]);
-    x->n++;
-}
-
-static void add_opt_str(struct binds *x, const char *v)
-{
-    if (v)
-        add_str(x, v);
-    else
-        bind_null(&x->b[x->n++]);
-}
-
-static void add_u64(struct binds *x, uint64_t *v)
-{
-    bind_u64(&x->b[x->n++], v);
-}
-
-static void add_i64(struct binds *x, int64_t *v)
-{
-    bind_i64(&x->b[x->n++], v);
-}
-
-/* The rows of the next multi-row statement for n rows still to write: the
- * largest arity not above n. Sets *id to that statement of the family. */
-static size_t multi_rows(size_t n, enum stmt_id first, enum stmt_id *id)
-{
-    size_t k = 1;
-    unsigned level = 0;
-    while (k * 2 <= n && k * 2 <= MULTI_MAX) {
-        k *= 2;
-        level++;
-    }
-    *id = (enum stmt_id)(first + level);
-    return k;
-}
-
-/* Refuses (CHAT_EBLOCKED) the direct sends whose recipient blocks their
- * sender: one query for up to MULTI_MAX sends (the last pair repeated to
- * fill the statement). */
-static int check_blocks(struct chat_store *s, struct send_req **reqs, size_t n, struct binds *x)
-{
-    for (size_t i = 0; i < n;) {
-        struct send_req *chunk[MULTI_MAX];
-        size_t k = 0;
-        for (; i < n && k < MULTI_MAX; i++)
-            if (reqs[i]->in->to)
-                chunk[k++] = reqs[i];
-        if (k == 0)
-            break;
-        binds_start(x, 2 * MULTI_MAX);
-        for (size_t j = 0; j < MULTI_MAX; j++) {
-            const struct chat_send *in = chunk[j < k ? j : k - 1]->in;
-            add_str(x, in->to);
-            add_str(x, in->from);
-        }
-        char user[CHAT_USER_MAX + 2], from[CHAT_USER_MAX + 2];
-        unsigned long ulen, flen;
-        MYSQL_BIND res[2];
-        bind_out_str(&res[0], user, sizeof(user), &ulen, NULL);
-        bind_out_str(&res[1], from, sizeof(from), &flen, NULL);
-        MYSQL_STMT *st;
-        int err = run(s, S_BLOCKED_ANY, x->b, res, &st);
-        if (err)
-            return err;
-        while (mysql_stmt_fetch(st) == 0) {
-            end_str(user, sizeof(user), ulen);
-            end_str(from, sizeof(from), flen);
-            for (size_t j = 0; j < k; j++)
-                if (strcmp(chunk[j]->in->to, user) == 0 && strcmp(chunk[j]->in->from, from) == 0)
-                    chunk[j]->err = CHAT_EBLOCKED;
-        }
-        mysql_stmt_free_result(st);
-    }
-    return 0;
-}
-
-/* Binds row j of a multi-row statement; done, if given, reads what a
- * statement of rows i..i+k-1 returned (bound to res). */
-typedef void bind_row_fn(struct binds *x, void *rows, size_t j);
-typedef int rows_done_fn(struct chat_store *s, MYSQL_STMT *st, void *rows, size_t i, size_t k);
-
-/* Writes n rows with the family that starts at first, params parameters a
- * row: as few statements as the arities allow. */
-static int write_rows(struct chat_store *s, enum stmt_id first, size_t params, void *rows,
-                      size_t n, struct binds *x, bind_row_fn *bind_row, MYSQL_BIND *res,
-                      rows_done_fn *done)
-{
-    for (size_t i = 0; i < n;) {
-        enum stmt_id id;
-        size_t k = multi_rows(n - i, first, &id);
-        binds_start(x, params * k);
-        for (size_t j = i; j < i + k; j++)
-            bind_row(x, rows, j);
-        MYSQL_STMT *st;
-        int err = run(s, id, x->b, res, &st);
-        if (!err && done)
-            err = done(s, st, rows, i, k);
-        if (err)
-            return err;
-        i += k;
-    }
-    return 0;
-}
-
-/* The sends whose message rows a statement writes, and what its
- * RETURNING id, message_id fetches into. */
-struct message_rows {
-    struct send_req **w;
     uint64_t pk;
     char mid[CHAT_MESSAGE_ID_LEN + 2];
     unsigned long mlen;
-};
-
-static void bind_message(struct binds *x, void *rows, size_t j)
-{
-    struct send_req *r = ((struct message_rows *)rows)->w[j];
-    const struct chat_send *in = r->in;
-    struct chat_item *it = &r->out->item;
-    add_str(x, it->message_id);
-    add_str(x, in->from);
-    add_opt_str(x, in->to);
-    add_opt_str(x, in->client_msg_id);
-    add_blob(x, in->body, in->body_len);
-    add_i64(x, &it->ts);
-    add_opt_str(x, in->chat);
-    add_str(x, r->conv);
-}
-
-static int messages_done(struct chat_store *s, MYSQL_STMT *st, void *rows, size_t i, size_t k)
-{
-    struct message_rows *m = rows;
+    MYSQL_BIND res[2];
+    bind_u64(&res[0], &pk);
+    bind_out_str(&res[1], mid, sizeof(mid), &mlen, NULL);
+    MYSQL_STMT *st;
+    int err = run_rows(s, S_MSGS, rows, NULL, res, &st);
+    if (err)
+        return err;
     size_t got = 0;
     while (mysql_stmt_fetch(st) == 0) {
-        end_str(m->mid, sizeof(m->mid), m->mlen);
-        for (size_t j = i; j < i + k; j++)
-            if (m->w[j]->pk == 0 && strcmp(m->w[j]->out->item.message_id, m->mid) == 0) {
-                m->w[j]->pk = m->pk;
+        end_str(mid, sizeof(mid), mlen);
+        for (size_t j = 0; j < n; j++)
+            if (w[j]->pk == 0 && strcmp(w[j]->out->item.message_id, mid) == 0) {
+                w[j]->pk = pk;
                 got++;
                 break;
             }
     }
     mysql_stmt_free_result(st);
-    if (got != k)
+    if (got != n)
         return db_fail(s, "insert messages", 0, "RETURNING did not name every row");
     return 0;
-}
-
-/* The message rows, RETURNING their ids into each send's pk. */
-static int insert_messages(struct chat_store *s, struct send_req **w, size_t n, struct binds *x)
-{
-    struct message_rows m = {.w = w};
-    MYSQL_BIND res[2];
-    bind_u64(&res[0], &m.pk);
-    bind_out_str(&res[1], m.mid, sizeof(m.mid), &m.mlen, NULL);
-    return write_rows(s, S_MSGS_1, 8, &m, n, x, bind_message, res, messages_done);
 }
 
 /* A recipient's user_seq row and the seqs the batch takes from it. */
@@ -1027,80 +936,38 @@ static int cmp_seq_take(const void *a, const void *b)
     return strcmp(((const struct seq_take *)a)->user, ((const struct seq_take *)b)->user);
 }
 
-/* What INSERT INTO user_seq ... RETURNING user_id, last_seq fetches into. */
-struct seq_rows {
-    struct seq_take *t;
-    size_t n;
+/* Advances each recipient's last_seq by its rows in the batch (t sorted:
+ * the lock order of every send) and takes the new values back. */
+static int take_seqs(struct chat_store *s, struct seq_take *t, size_t n)
+{
+    cJSON *rows = cJSON_CreateArray();
+    for (size_t i = 0; i < n; i++) {
+        cJSON *row = json_row(rows);
+        json_str(row, t[i].user);
+        json_u64(row, t[i].n);
+    }
     char user[CHAT_USER_MAX + 2];
     unsigned long ulen;
     uint64_t last;
-};
-
-static void bind_seq_take(struct binds *x, void *rows, size_t j)
-{
-    struct seq_take *t = &((struct seq_rows *)rows)->t[j];
-    add_str(x, t->user);
-    add_u64(x, &t->n);
-}
-
-static int seqs_done(struct chat_store *s, MYSQL_STMT *st, void *rows, size_t i, size_t k)
-{
-    (void)s;
-    (void)i;
-    (void)k;
-    struct seq_rows *q = rows;
-    while (mysql_stmt_fetch(st) == 0) {
-        end_str(q->user, sizeof(q->user), q->ulen);
-        struct seq_take key = {.user = q->user};
-        struct seq_take *hit = bsearch(&key, q->t, q->n, sizeof(*q->t), cmp_seq_take);
-        if (hit)
-            hit->next = q->last - hit->n + 1;
-    }
-    mysql_stmt_free_result(st);
-    return 0;
-}
-
-/* Advances each recipient's last_seq by its rows in the batch (in user
- * order: the lock order of every send) and takes the new values back. */
-static int take_seqs(struct chat_store *s, struct seq_take *t, size_t n, struct binds *x)
-{
-    struct seq_rows q = {.t = t, .n = n};
     MYSQL_BIND res[2];
-    bind_out_str(&res[0], q.user, sizeof(q.user), &q.ulen, NULL);
-    bind_u64(&res[1], &q.last);
-    int err = write_rows(s, S_SEQS_1, 2, &q, n, x, bind_seq_take, res, seqs_done);
+    bind_out_str(&res[0], user, sizeof(user), &ulen, NULL);
+    bind_u64(&res[1], &last);
+    MYSQL_STMT *st;
+    int err = run_rows(s, S_SEQS, rows, NULL, res, &st);
     if (err)
         return err;
+    while (mysql_stmt_fetch(st) == 0) {
+        end_str(user, sizeof(user), ulen);
+        struct seq_take key = {.user = user};
+        struct seq_take *hit = bsearch(&key, t, n, sizeof(*t), cmp_seq_take);
+        if (hit)
+            hit->next = last - hit->n + 1;
+    }
+    mysql_stmt_free_result(st);
     for (size_t i = 0; i < n; i++)
         if (t[i].next == 0)
             return db_fail(s, "user_seq", 0, "RETURNING did not name every recipient");
     return 0;
-}
-
-struct inbox_row {
-    const char *user;
-    uint64_t *seq;
-    uint64_t *pk;
-    int64_t *push_at; /* NULL: no push */
-};
-
-static int cmp_inbox_row(const void *a, const void *b)
-{
-    const struct inbox_row *x = a, *y = b;
-    int c = strcmp(x->user, y->user);
-    return c ? c : (*x->seq > *y->seq) - (*x->seq < *y->seq);
-}
-
-static void bind_inbox_row(struct binds *x, void *rows, size_t j)
-{
-    struct inbox_row *r = &((struct inbox_row *)rows)[j];
-    add_str(x, r->user);
-    add_u64(x, r->seq);
-    add_u64(x, r->pk);
-    if (r->push_at)
-        add_i64(x, r->push_at);
-    else
-        bind_null(&x->b[x->n++]);
 }
 
 /* A conversations row a batch adds to (merged per user and conversation). */
@@ -1119,19 +986,9 @@ static int cmp_conv_row(const void *a, const void *b)
     return c ? c : strcmp(x->conv, y->conv);
 }
 
-static void bind_conv_row(struct binds *x, void *rows, size_t j)
-{
-    struct conv_row *c = &((struct conv_row *)rows)[j];
-    add_str(x, c->user);
-    add_str(x, c->conv);
-    add_u64(x, &c->pk);
-    add_i64(x, &c->ts);
-    add_u64(x, &c->unread);
-}
-
 /* Upserts the rows in (user, conversation) order, the lock order of every
  * transaction that touches them. */
-static int upsert_convs(struct chat_store *s, struct conv_row *c, size_t n, struct binds *x)
+static int upsert_convs(struct chat_store *s, struct conv_row *c, size_t n)
 {
     qsort(c, n, sizeof(*c), cmp_conv_row);
     size_t m = 0;
@@ -1145,65 +1002,59 @@ static int upsert_convs(struct chat_store *s, struct conv_row *c, size_t n, stru
             c[m++] = c[i];
         }
     }
-    return write_rows(s, S_CONVS_1, 5, c, m, x, bind_conv_row, NULL, NULL);
+    cJSON *rows = cJSON_CreateArray();
+    for (size_t i = 0; i < m; i++) {
+        cJSON *row = json_row(rows);
+        json_str(row, c[i].user);
+        json_str(row, c[i].conv);
+        json_u64(row, c[i].pk);
+        json_i64(row, c[i].ts);
+        json_u64(row, c[i].unread);
+    }
+    MYSQL_STMT *st;
+    return run_rows(s, S_CONVS, rows, NULL, NULL, &st);
 }
 
-/* The rows of the sends of reqs, in the open transaction, with a few
- * multi-row statements for all of them. A send refused before anything of
- * it is written (blocked, no such group, not a member) gets its reason in
- * its err and the others go on. Returns 0, a MySQL errno (> 0) the caller
- * may retry, or a negative chat_err (CHAT_EUNAVAIL). */
-static int write_sends(struct chat_store *s, struct send_req **reqs, size_t n)
+/* The rows of the group sends of reqs, in the open transaction, with one
+ * statement per table for all of them. A send refused before anything of
+ * it is written (no such group, not a member) gets its reason in its err
+ * and the others go on. Returns 0, a MySQL errno (> 0) the caller may
+ * retry, or a negative chat_err (CHAT_EUNAVAIL). */
+static int write_groups(struct chat_store *s, struct send_req **reqs, size_t n)
 {
-    struct binds x = {0};
     struct send_req **w = chat_xcalloc(n, sizeof(*w));
     struct seq_take *takes = NULL;
-    struct inbox_row *rows = NULL;
     struct conv_row *convs = NULL;
     size_t nw = 0, ntargets = 0;
-    for (size_t i = 0; i < n; i++) {
-        struct send_req *r = reqs[i];
-        free(r->out->targets);
-        r->out->targets = NULL;
-        r->out->ntargets = 0;
-        r->err = 0;
-        r->pk = 0;
-    }
-    int err = check_blocks(s, reqs, n, &x);
+    int err = 0;
     for (size_t i = 0; !err && i < n; i++) {
         struct send_req *r = reqs[i];
         const struct chat_send *in = r->in;
         struct chat_sent *out = r->out;
-        if (r->err)
+        free(out->targets);
+        out->targets = NULL;
+        out->ntargets = 0;
+        r->err = 0;
+        r->pk = 0;
+        err = group_targets(s, in, out);
+        if (send_refused(err)) {
+            r->err = err;
+            err = 0;
             continue;
-        if (in->to) {
-            out->targets = chat_xcalloc(1, sizeof(*out->targets));
-            snprintf(out->targets[0].user, sizeof(out->targets[0].user), "%s", in->to);
-            out->ntargets = 1;
-            chat_conv_key_direct(r->conv, in->from, in->to);
-        } else {
-            err = group_targets(s, in, out);
-            if (send_refused(err)) {
-                r->err = err;
-                err = 0;
-                continue;
-            }
-            chat_conv_key_group(r->conv, in->chat);
         }
-        r->push_at = out->item.ts + (int64_t)s->cfg->push_after * 1000;
+        chat_conv_key_group(r->conv, in->chat);
         ntargets += out->ntargets;
         w[nw++] = r;
     }
     if (err || nw == 0)
         goto out;
-    err = insert_messages(s, w, nw, &x);
+    err = insert_messages(s, w, nw);
     if (err)
         goto out;
 
     takes = chat_xcalloc(ntargets, sizeof(*takes));
-    rows = chat_xcalloc(ntargets, sizeof(*rows));
     convs = chat_xcalloc(ntargets + nw, sizeof(*convs));
-    size_t nt = 0, nr = 0, nc = 0;
+    size_t nt = 0, nc = 0;
     for (size_t i = 0; i < nw; i++)
         for (size_t j = 0; j < w[i]->out->ntargets; j++)
             takes[nt++] = (struct seq_take){.user = w[i]->out->targets[j].user, .n = 1};
@@ -1215,9 +1066,10 @@ static int write_sends(struct chat_store *s, struct send_req **reqs, size_t n)
         else
             takes[nu++] = takes[i];
     }
-    err = take_seqs(s, takes, nu, &x);
+    err = take_seqs(s, takes, nu);
     if (err)
         goto out;
+    cJSON *rows = cJSON_CreateArray();
     for (size_t i = 0; i < nw; i++) {
         struct send_req *r = w[i];
         struct chat_sent *out = r->out;
@@ -1227,33 +1079,118 @@ static int write_sends(struct chat_store *s, struct send_req **reqs, size_t n)
             struct seq_take key = {.user = t->user};
             struct seq_take *take = bsearch(&key, takes, nu, sizeof(*takes), cmp_seq_take);
             t->seq = take->next++;
-            rows[nr++] = (struct inbox_row){t->user, &t->seq, &r->pk,
-                                            s->cfg->push_url[0] ? &r->push_at : NULL};
+            cJSON *row = json_row(rows);
+            json_str(row, t->user);
+            json_u64(row, t->seq);
+            json_u64(row, r->pk);
+            if (s->cfg->push_url[0])
+                json_i64(row, out->item.ts + (int64_t)s->cfg->push_after * 1000);
+            else
+                json_str(row, NULL);
             convs[nc++] = (struct conv_row){t->user, r->conv, r->pk, out->item.ts, 1};
         }
-        out->item.seq = out->ntargets == 1 && r->in->to ? out->targets[0].seq : 0;
+        out->item.seq = 0;
     }
-    qsort(rows, nr, sizeof(*rows), cmp_inbox_row);
-    err = write_rows(s, S_INBOXES_1, 4, rows, nr, &x, bind_inbox_row, NULL, NULL);
+    MYSQL_STMT *st;
+    err = run_rows(s, S_INBOXES, rows, NULL, NULL, &st);
     if (!err)
-        err = upsert_convs(s, convs, nc, &x);
+        err = upsert_convs(s, convs, nc);
 out:
-    binds_free(&x);
     free(w);
     free(takes);
-    free(rows);
     free(convs);
     return err;
 }
 
-/* One attempt of a send transaction for reqs: 0 when it committed (each
- * send's err tells whether it was refused), or why it did not. */
+/* The argument of chat_send_direct: a JSON array with one array per send,
+ * [message_id, sender, recipient, client_msg_id or null, body, ts,
+ * conv_key]. Also sets each send's one target and conversation key. */
+static cJSON *direct_batch(struct send_req **reqs, size_t n)
+{
+    cJSON *rows = cJSON_CreateArray();
+    for (size_t i = 0; i < n; i++) {
+        struct send_req *r = reqs[i];
+        const struct chat_send *in = r->in;
+        struct chat_sent *out = r->out;
+        free(out->targets);
+        out->targets = chat_xcalloc(1, sizeof(*out->targets));
+        snprintf(out->targets[0].user, sizeof(out->targets[0].user), "%s", in->to);
+        out->ntargets = 1;
+        r->err = 0;
+        r->pk = 0;
+        chat_conv_key_direct(r->conv, in->from, in->to);
+        cJSON *row = json_row(rows);
+        json_str(row, out->item.message_id);
+        json_str(row, in->from);
+        json_str(row, in->to);
+        json_str(row, in->client_msg_id);
+        json_body(row, in);
+        json_i64(row, out->item.ts);
+        json_str(row, r->conv);
+    }
+    return rows;
+}
+
+/* The direct sends reqs in one transaction: one call of chat_send_direct
+ * writes them all (sql/004_send_direct.sql), then COMMIT: two round trips
+ * to MariaDB whatever the size of the batch. A send whose recipient blocks
+ * its sender is refused (CHAT_EBLOCKED) and the others go on. Returns 0
+ * once committed, a MySQL errno (> 0) the caller may retry (nothing was
+ * committed), or a negative chat_err (CHAT_EUNAVAIL, also when the outcome
+ * is unknown). */
+static int send_directs(struct chat_store *s, struct send_req **reqs, size_t n)
+{
+    int64_t push_after = (int64_t)s->cfg->push_after * 1000;
+    MYSQL_BIND push;
+    if (s->cfg->push_url[0])
+        bind_i64(&push, &push_after);
+    else
+        bind_null(&push);
+    int64_t place;
+    uint64_t pk, seq;
+    MYSQL_BIND res[3];
+    bind_i64(&res[0], &place);
+    bind_u64(&res[1], &pk);
+    bind_u64(&res[2], &seq);
+    MYSQL_STMT *st;
+    int err = run_rows(s, S_SEND_DIRECT, direct_batch(reqs, n), &push, res, &st);
+    if (err) {
+        rollback(s); /* the procedure rolled back already, unless it never started */
+        return err;
+    }
+    while (mysql_stmt_fetch(st) == 0) {
+        if (place < 1 || (size_t)place > n)
+            continue;
+        struct send_req *r = reqs[place - 1];
+        r->pk = pk;
+        r->out->targets[0].seq = seq;
+        r->out->item.seq = seq;
+    }
+    mysql_stmt_free_result(st);
+    /* A CALL ends with a status of its own after its rows. */
+    int rc;
+    while ((rc = mysql_stmt_next_result(st)) == 0)
+        mysql_stmt_free_result(st);
+    if (rc > 0) {
+        rollback(s);
+        return db_fail(s, "chat_send_direct", mysql_stmt_errno(st), mysql_stmt_error(st));
+    }
+    for (size_t i = 0; i < n; i++)
+        if (reqs[i]->pk == 0)
+            reqs[i]->err = CHAT_EBLOCKED;
+    return commit(s);
+}
+
+/* One attempt at writing reqs, all direct or all group sends: 0 when it
+ * committed (each send's err tells whether it was refused), or why not. */
 static int send_once(struct chat_store *s, struct send_req **reqs, size_t n)
 {
+    if (reqs[0]->in->to)
+        return send_directs(s, reqs, n);
     int err = begin(s);
     if (err)
         return err;
-    err = write_sends(s, reqs, n);
+    err = write_groups(s, reqs, n);
     if (err) {
         rollback(s);
         return err;
@@ -1280,7 +1217,7 @@ static int send_alone(struct chat_store *s, const struct chat_send *in, struct c
             return 0;
         }
         if (err == 0) {
-            /* Refused: nothing was written (the empty transaction committed). */
+            /* Refused: nothing was written. */
             chat_sent_cleanup(out);
             return req.err;
         }
@@ -1304,50 +1241,53 @@ static int send_alone(struct chat_store *s, const struct chat_send *in, struct c
  * queue (up to [mysql] send_batch) and writes it all in one transaction on
  * its own connection: one COMMIT, one log flush, and a few multi-row
  * statements for all of them. Every sender still answers only after the
- * COMMIT that holds its rows. */
+ * COMMIT that holds its rows. A finished batch wakes its own senders and
+ * the first one queued (the next writer), not every waiting thread. */
 static struct {
     pthread_mutex_t lock;
-    pthread_cond_t cond;
     struct send_req *head, **tail;
     bool busy; /* a thread is writing a batch */
-} batcher = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, false};
+} batcher = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, false};
 
-/* The order of a batch: by recipient (or group), as in one send. */
+/* The order of a batch: direct sends first, then group sends; each by
+ * recipient (or group), as in one send. */
 static int cmp_send_req(const void *a, const void *b)
 {
     const struct send_req *x = *(struct send_req *const *)a, *y = *(struct send_req *const *)b;
+    if (!x->in->to != !y->in->to)
+        return x->in->to ? -1 : 1;
     return strcmp(x->in->to ? x->in->to : x->in->chat, y->in->to ? y->in->to : y->in->chat);
 }
 
-static void send_batch(struct chat_store *s, struct send_req **reqs, size_t n)
+/* Sends of one kind (all direct or all group) in one transaction. */
+static void send_part(struct chat_store *s, struct send_req **reqs, size_t n)
 {
     if (n == 1) {
         reqs[0]->err = send_alone(s, reqs[0]->in, reqs[0]->out);
         return;
     }
-    qsort(reqs, n, sizeof(*reqs), cmp_send_req);
-    int err = begin(s);
-    if (!err)
-        err = write_sends(s, reqs, n);
-    if (!err) {
-        err = commit(s);
+    int err = send_once(s, reqs, n);
+    if (err == 0) {
         for (size_t i = 0; i < n; i++) {
             struct send_req *r = reqs[i];
-            if (r->err) {
+            if (r->err)
                 chat_sent_cleanup(r->out);
-            } else if (err) {
-                /* The COMMIT failed: as for a send alone, no 201. */
-                chat_sent_cleanup(r->out);
-                r->err = CHAT_EUNAVAIL;
-            } else {
+            else
                 send_done(r->in, r->out);
-            }
         }
         return;
     }
-    /* A statement failed (a lock conflict, a client_msg_id raced, the
-     * connection): nothing was committed; each send goes alone. */
-    rollback(s);
+    if (err < 0) {
+        /* The connection failed, maybe at COMMIT: as for a send alone, no
+         * 201 (a retry with the same client_msg_id converges). */
+        for (size_t i = 0; i < n; i++) {
+            chat_sent_cleanup(reqs[i]->out);
+            reqs[i]->err = err;
+        }
+        return;
+    }
+    /* A statement failed (a lock conflict, a client_msg_id raced): nothing
+     * was committed; each send goes alone. */
     chat_debug("mysql: a batch of %zu sends failed (%d); sending them one by one", n, err);
     chat_metric_inc(send_batches_split);
     for (size_t i = 0; i < n; i++) {
@@ -1357,11 +1297,25 @@ static void send_batch(struct chat_store *s, struct send_req **reqs, size_t n)
     }
 }
 
+/* A batch: its direct sends in one transaction, its group sends in another. */
+static void send_batch(struct chat_store *s, struct send_req **reqs, size_t n)
+{
+    qsort(reqs, n, sizeof(*reqs), cmp_send_req);
+    size_t nd = 0;
+    while (nd < n && reqs[nd]->in->to)
+        nd++;
+    if (nd > 0)
+        send_part(s, reqs, nd);
+    if (nd < n)
+        send_part(s, reqs + nd, n - nd);
+}
+
 static int send_batched(struct chat_store *s, const struct chat_send *in, struct chat_sent *out)
 {
     size_t cap = (size_t)s->cfg->send_batch;
     struct send_req me = {.in = in, .out = out};
     struct send_req **reqs = chat_xcalloc(cap, sizeof(*reqs));
+    pthread_cond_init(&me.wake, NULL);
     pthread_mutex_lock(&batcher.lock);
     if (!batcher.tail)
         batcher.tail = &batcher.head;
@@ -1369,7 +1323,7 @@ static int send_batched(struct chat_store *s, const struct chat_send *in, struct
     batcher.tail = &me.next;
     while (!me.done) {
         if (batcher.busy) {
-            pthread_cond_wait(&batcher.cond, &batcher.lock);
+            pthread_cond_wait(&me.wake, &batcher.lock);
             continue;
         }
         batcher.busy = true;
@@ -1385,12 +1339,17 @@ static int send_batched(struct chat_store *s, const struct chat_send *in, struct
         chat_metric_inc(send_batches);
         atomic_fetch_add(&chat_metrics.send_batched, (long)n);
         pthread_mutex_lock(&batcher.lock);
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
             reqs[i]->done = true;
+            if (reqs[i] != &me)
+                pthread_cond_signal(&reqs[i]->wake);
+        }
         batcher.busy = false;
-        pthread_cond_broadcast(&batcher.cond);
+        if (batcher.head && batcher.head != &me)
+            pthread_cond_signal(&batcher.head->wake);
     }
     pthread_mutex_unlock(&batcher.lock);
+    pthread_cond_destroy(&me.wake);
     free(reqs);
     return me.err;
 }
@@ -2167,45 +2126,35 @@ static int cmp_row_ref(const void *a, const void *b)
     return c ? c : (x->seq > y->seq) - (x->seq < y->seq);
 }
 
-/* The rows of refs (sorted; seq 0 skipped) in one transaction: one UPDATE
- * (or DELETE) for up to MULTI_MAX rows, the last repeated to fill it. */
+/* The rows of refs (sorted; seq 0 skipped) with one statement, which is
+ * its own transaction. */
 static int ack_batch_once(struct chat_store *s, struct chat_row_ref *refs, size_t n,
                           enum chat_policy policy, int64_t now_ms, size_t *applied)
 {
     *applied = 0;
-    int err = begin(s);
-    if (err)
-        return err;
-    struct binds x = {0};
-    int64_t ts = now_ms;
-    size_t i = 0;
-    while (i < n) {
-        struct chat_row_ref *chunk[MULTI_MAX];
-        size_t k = 0;
-        for (; i < n && k < MULTI_MAX; i++)
-            if (refs[i].seq != 0)
-                chunk[k++] = &refs[i];
-        if (k == 0)
-            break;
-        binds_start(&x, 1 + 2 * MULTI_MAX);
-        if (policy == CHAT_POLICY_MARK)
-            add_i64(&x, &ts);
-        for (size_t j = 0; j < MULTI_MAX; j++) {
-            struct chat_row_ref *r = chunk[j < k ? j : k - 1];
-            add_str(&x, r->user);
-            add_u64(&x, &r->seq);
-        }
-        MYSQL_STMT *st;
-        err = run(s, policy == CHAT_POLICY_MARK ? S_ACKS_MARK : S_ACKS_DELETE, x.b, NULL, &st);
-        if (err) {
-            binds_free(&x);
-            rollback(s);
-            return err;
-        }
-        *applied += (size_t)mysql_stmt_affected_rows(st);
+    cJSON *rows = cJSON_CreateArray();
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (refs[i].seq == 0)
+            continue;
+        cJSON *row = json_row(rows);
+        json_str(row, refs[i].user);
+        json_u64(row, refs[i].seq);
+        k++;
     }
-    binds_free(&x);
-    return commit(s);
+    if (k == 0) {
+        cJSON_Delete(rows);
+        return 0;
+    }
+    int64_t ts = now_ms;
+    MYSQL_BIND at;
+    bind_i64(&at, &ts);
+    MYSQL_STMT *st;
+    int err = run_rows(s, policy == CHAT_POLICY_MARK ? S_ACKS_MARK : S_ACKS_DELETE, rows,
+                       policy == CHAT_POLICY_MARK ? &at : NULL, NULL, &st);
+    if (!err)
+        *applied = (size_t)mysql_stmt_affected_rows(st);
+    return err;
 }
 
 int chat_store_ack_batch(struct chat_store *s, struct chat_row_ref *refs, size_t n,

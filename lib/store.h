@@ -21,7 +21,7 @@
 #include "config.h"
 #include "id.h"
 
-#define CHAT_SCHEMA_VERSION 3
+#define CHAT_SCHEMA_VERSION 4
 #define CHAT_CLIENT_MSG_ID_MAX 64
 #define CHAT_CHAT_ID_LEN CHAT_MESSAGE_ID_LEN
 #define CHAT_GROUP_MAX 1000 /* members of a group, owner included */

@@ -39,7 +39,7 @@ def test_server_account_cannot_change_the_schema():
     assert rc == 0, out
     rc, out = _as_chat("SHOW GRANTS")
     assert rc == 0, out
-    allowed = {"USAGE", "SELECT", "INSERT", "UPDATE", "DELETE"}
+    allowed = {"USAGE", "SELECT", "INSERT", "UPDATE", "DELETE", "EXECUTE"}
     for line in out.splitlines():
         # GRANT <privileges> ON <what> TO <who> [IDENTIFIED BY ...] [WITH GRANT OPTION]
         head, _, rest = line.partition(" ON ")
@@ -48,7 +48,8 @@ def test_server_account_cannot_change_the_schema():
         assert privs <= allowed, "the chat account has %s: %s" % (sorted(privs - allowed), line)
         assert "WITH GRANT OPTION" not in rest.upper(), line
     for sql in ("CREATE TABLE t_priv (a INT)", "DROP TABLE messages", "ALTER TABLE messages ADD x INT",
-                "TRUNCATE TABLE messages", "CREATE DATABASE evil", "SELECT user FROM mysql.user"):
+                "TRUNCATE TABLE messages", "CREATE DATABASE evil", "SELECT user FROM mysql.user",
+                "CREATE PROCEDURE p_priv() SELECT 1", "DROP PROCEDURE chat_send_direct"):
         rc, out = _as_chat(sql)
         assert rc != 0 and "denied" in out.lower(), "%s: rc %d, %s" % (sql, rc, out)
 
