@@ -71,6 +71,17 @@ static void event_unref(struct event *ev)
 /* Structures                                                               */
 /* ------------------------------------------------------------------------ */
 
+/* Live messages that arrive after a gap in a stream's seqs wait (in
+ * held[]) for the missing ones, which another thread or node published a
+ * moment later, rather than send the stream to MySQL at once: sends that
+ * commit together publish from several threads and nodes, so their events
+ * can arrive out of order. The gap is read from MySQL when it is still
+ * open after GAP_HOLD_MS (checked as events arrive, and on the 1 s tick
+ * for a stream that gets nothing more), or when GAP_HOLD_MAX messages
+ * wait. */
+#define GAP_HOLD_MS 100
+#define GAP_HOLD_MAX 64
+
 struct chat_stream {
     struct chat_delivery *d;
     char user[CHAT_USER_MAX + 1];
@@ -94,8 +105,11 @@ struct chat_stream {
     bool catching_up;       /* a catch-up read stopped at replay_batch */
     uint64_t replay_after;
     uint64_t last_seq; /* the highest seq written to this stream */
+    struct event **held; /* live messages after a gap, by seq (GAP_HOLD_MAX) */
+    size_t nheld;
     struct chat_buf out;
     atomic_llong last_write_ms;
+    atomic_llong gap_since_ms; /* 0, or since when held[] waits for a gap */
 };
 
 struct chat_waiter {
@@ -547,11 +561,13 @@ static void bus_on_tick(void *ctx)
         }
         for (struct chat_stream *s = e->streams; s; s = s->next) {
             bool ka_due = now - atomic_load(&s->last_write_ms) >= ka - 500;
-            if (!ka_due && !degraded)
+            int64_t gap = atomic_load(&s->gap_since_ms);
+            bool gap_due = gap != 0 && now - gap >= GAP_HOLD_MS;
+            if (!ka_due && !degraded && !gap_due)
                 continue;
             pthread_mutex_lock(&s->lock);
             s->keepalive_due |= ka_due;
-            s->need_catchup |= degraded;
+            s->need_catchup |= degraded || gap_due;
             stream_kick(s);
             pthread_mutex_unlock(&s->lock);
             if (degraded)
@@ -1009,6 +1025,9 @@ void chat_stream_close(struct chat_stream *s)
     for (size_t i = 0; i < s->qn; i++)
         event_unref(s->q[i]);
     free(s->q);
+    for (size_t i = 0; i < s->nheld; i++)
+        event_unref(s->held[i]);
+    free(s->held);
     chat_buf_cleanup(&s->out);
     pthread_mutex_destroy(&s->lock);
     chat_metric_dec(streams_open);
@@ -1062,20 +1081,10 @@ static int stream_read_rows(struct chat_stream *s)
     return 0;
 }
 
-/* Writes a live message event, or reads MySQL when it shows a gap. */
-static void stream_take_message(struct chat_stream *s, struct event *ev)
+/* Writes a live message event that follows the last one, and ACKs it. */
+static void stream_write_message(struct chat_stream *s, struct event *ev)
 {
     struct chat_delivery *d = s->d;
-    if (ev->seq <= s->last_seq)
-        return; /* already written (replayed, or a second publish) */
-    if (ev->seq > s->last_seq + 1) {
-        /* Seqs commit in order, so the missing ones are in MySQL now. */
-        if (stream_read_rows(s) == 0 && ev->seq <= s->last_seq)
-            return;
-        if (ev->seq > s->last_seq + 1)
-            chat_info("stream of %s: rows %llu..%llu are gone (deleted after delivery)", s->user,
-                      (unsigned long long)s->last_seq + 1, (unsigned long long)ev->seq - 1);
-    }
     chat_buf_append(&s->out, ev->frame, ev->len);
     s->last_seq = ev->seq;
     chat_metric_inc(events_delivered);
@@ -1090,6 +1099,81 @@ static void stream_take_message(struct chat_stream *s, struct event *ev)
     } else {
         publish_ack(d, ev->origin, ev->message_id, ev->from, s->user, ev->seq, false, "delivered");
     }
+}
+
+/* Writes the held messages that now follow the last one, drops those
+ * already written (by a read of MySQL), keeps the rest. */
+static void stream_release_held(struct chat_stream *s)
+{
+    size_t i = 0;
+    for (; i < s->nheld && s->held[i]->seq <= s->last_seq + 1; i++) {
+        if (s->held[i]->seq == s->last_seq + 1)
+            stream_write_message(s, s->held[i]);
+        event_unref(s->held[i]);
+    }
+    memmove(s->held, s->held + i, (s->nheld - i) * sizeof(*s->held));
+    s->nheld -= i;
+    if (s->nheld == 0) {
+        free(s->held);
+        s->held = NULL;
+        atomic_store(&s->gap_since_ms, 0);
+    }
+}
+
+/* Reads MySQL for a gap that stayed open, then writes what was held. Rows
+ * it cannot read (deleted after delivery, or MySQL down: they stay PENDING
+ * and are replayed) are skipped, as a stream never waits on them. */
+static void stream_fill_gap(struct chat_stream *s)
+{
+    uint64_t want = s->held[0]->seq;
+    int err;
+    do
+        err = stream_read_rows(s);
+    while (err == 0 && s->catching_up && s->last_seq + 1 < want);
+    if (s->last_seq + 1 < want) {
+        chat_info("stream of %s: rows %llu..%llu not read (%s)", s->user,
+                  (unsigned long long)s->last_seq + 1, (unsigned long long)want - 1,
+                  err ? "MySQL unavailable" : "deleted after delivery");
+        s->last_seq = want - 1;
+    }
+    stream_release_held(s);
+    if (s->nheld)
+        atomic_store(&s->gap_since_ms, chat_mono_ms());
+}
+
+/* Writes a live message event, or holds it while an earlier one is
+ * missing (see GAP_HOLD_MS). */
+static void stream_take_message(struct chat_stream *s, struct event *ev)
+{
+    if (ev->seq <= s->last_seq)
+        return; /* already written (replayed, or a second publish) */
+    if (ev->seq == s->last_seq + 1) {
+        stream_write_message(s, ev);
+        if (s->nheld)
+            stream_release_held(s);
+        return;
+    }
+    size_t i = 0;
+    while (i < s->nheld && s->held[i]->seq < ev->seq)
+        i++;
+    if (i < s->nheld && s->held[i]->seq == ev->seq)
+        return; /* held already */
+    if (s->nheld == GAP_HOLD_MAX) {
+        stream_fill_gap(s);
+        stream_take_message(s, ev);
+        return;
+    }
+    if (!s->held)
+        s->held = chat_xcalloc(GAP_HOLD_MAX, sizeof(*s->held));
+    memmove(s->held + i + 1, s->held + i, (s->nheld - i) * sizeof(*s->held));
+    s->held[i] = ev;
+    atomic_fetch_add(&ev->refs, 1);
+    s->nheld++;
+    int64_t now = chat_mono_ms(), since = atomic_load(&s->gap_since_ms);
+    if (since == 0)
+        atomic_store(&s->gap_since_ms, now);
+    else if (now - since >= GAP_HOLD_MS)
+        stream_fill_gap(s);
 }
 
 ssize_t chat_stream_read(struct chat_stream *s, char *buf, size_t max)
@@ -1133,8 +1217,14 @@ ssize_t chat_stream_read(struct chat_stream *s, char *buf, size_t max)
         s->qn = s->qcap = s->qbytes = 0;
         pthread_mutex_unlock(&s->lock);
 
-        if (catchup)
-            stream_read_rows(s);
+        if (catchup) {
+            if (s->nheld && chat_mono_ms() - atomic_load(&s->gap_since_ms) >= GAP_HOLD_MS)
+                stream_fill_gap(s);
+            else
+                stream_read_rows(s);
+            if (s->nheld)
+                stream_release_held(s);
+        }
         for (size_t i = 0; i < qn; i++) {
             if (q[i]->kind == EV_MESSAGE) {
                 stream_take_message(s, q[i]);

@@ -6,6 +6,7 @@ names the request, so a failing test says what the server did.
 """
 
 import base64
+import configparser
 import hashlib
 import hmac
 import http.client
@@ -37,6 +38,31 @@ def node(n):
     1 and 2 are the door under test (CHAT_DOOR): chatd node1 and node2, or
     the same front (lighttpd or Apache) for both."""
     return env("CHAT_NODE%d" % n)
+
+
+def server_mysql():
+    """The [mysql] section of node 1's config: the servers' account."""
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(os.environ["CHAT_NODE_CONF1"])
+    return ini["mysql"]
+
+
+def server_sql(sql):
+    """Runs sql with the mariadb client as the servers' account; returns
+    (exit code, output with tab-separated columns and no headers)."""
+    m = server_mysql()
+    # The password in a config on a pipe, not on the command line.
+    cnf = "[client]\nuser=%s\npassword=%s\nhost=%s\nport=%s\n" % (
+        m["user"], m["password"], m["host"], m["port"])
+    r, w = os.pipe()
+    os.write(w, cnf.encode())
+    os.close(w)
+    try:
+        p = subprocess.run(["mariadb", "--defaults-file=/dev/fd/%d" % r, m["database"], "-N", "-e", sql],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(r,), timeout=20)
+    finally:
+        os.close(r)
+    return p.returncode, p.stdout.decode("utf-8", "replace")
 
 
 def front():

@@ -5,39 +5,17 @@ import configparser
 import os
 import subprocess
 
-from chatlib import door, skip
-
-
-def _node_mysql():
-    ini = configparser.ConfigParser(interpolation=None)
-    ini.read(os.environ["CHAT_NODE_CONF1"])
-    return ini["mysql"]
-
-
-def _as_chat(sql):
-    m = _node_mysql()
-    # The password on stdin's config, not the command line.
-    cnf = "[client]\nuser=%s\npassword=%s\nhost=%s\nport=%s\n" % (
-        m["user"], m["password"], m["host"], m["port"])
-    r, w = os.pipe()
-    os.write(w, cnf.encode())
-    os.close(w)
-    try:
-        p = subprocess.run(["mariadb", "--defaults-file=/dev/fd/%d" % r, m["database"], "-N", "-e", sql],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(r,), timeout=20)
-    finally:
-        os.close(r)
-    return p.returncode, p.stdout.decode("utf-8", "replace")
+from chatlib import door, server_mysql, server_sql, skip
 
 
 def test_server_account_cannot_change_the_schema():
     if door() != "chatd":
         skip("a property of the stack's accounts; one run is enough")
-    m = _node_mysql()
+    m = server_mysql()
     assert m["user"] == "chat", m["user"]
-    rc, out = _as_chat("SELECT COUNT(*) FROM messages")
+    rc, out = server_sql("SELECT COUNT(*) FROM messages")
     assert rc == 0, out
-    rc, out = _as_chat("SHOW GRANTS")
+    rc, out = server_sql("SHOW GRANTS")
     assert rc == 0, out
     allowed = {"USAGE", "SELECT", "INSERT", "UPDATE", "DELETE", "EXECUTE"}
     for line in out.splitlines():
@@ -50,7 +28,7 @@ def test_server_account_cannot_change_the_schema():
     for sql in ("CREATE TABLE t_priv (a INT)", "DROP TABLE messages", "ALTER TABLE messages ADD x INT",
                 "TRUNCATE TABLE messages", "CREATE DATABASE evil", "SELECT user FROM mysql.user",
                 "CREATE PROCEDURE p_priv() SELECT 1", "DROP PROCEDURE chat_send_direct"):
-        rc, out = _as_chat(sql)
+        rc, out = server_sql(sql)
         assert rc != 0 and "denied" in out.lower(), "%s: rc %d, %s" % (sql, rc, out)
 
 
