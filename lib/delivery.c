@@ -1117,23 +1117,29 @@ static void stream_release_held(struct chat_stream *s)
         free(s->held);
         s->held = NULL;
         atomic_store(&s->gap_since_ms, 0);
+    } else if (i > 0) {
+        atomic_store(&s->gap_since_ms, chat_mono_ms()); /* a later gap: its own wait */
     }
 }
 
-/* Reads MySQL for a gap that stayed open, then writes what was held. Rows
- * it cannot read (deleted after delivery, or MySQL down: they stay PENDING
- * and are replayed) are skipped, as a stream never waits on them. */
+/* Reads MySQL for a gap that stayed open (one batch of rows), then writes
+ * what was held. Rows a complete read does not return were deleted after
+ * delivery (policy delete) and are skipped. When MySQL is unavailable,
+ * or the read was of PENDING rows or stopped at replay_batch, the held
+ * messages keep waiting: the stream's own reads go on, and the next event
+ * or the tick tries again; a stream never writes past a row it has not
+ * had, so a resume with Last-Event-ID cannot skip it. */
 static void stream_fill_gap(struct chat_stream *s)
 {
     uint64_t want = s->held[0]->seq;
-    int err;
-    do
-        err = stream_read_rows(s);
-    while (err == 0 && s->catching_up && s->last_seq + 1 < want);
-    if (s->last_seq + 1 < want) {
-        chat_info("stream of %s: rows %llu..%llu not read (%s)", s->user,
-                  (unsigned long long)s->last_seq + 1, (unsigned long long)want - 1,
-                  err ? "MySQL unavailable" : "deleted after delivery");
+    bool pending = s->replaying_pending;
+    if (stream_read_rows(s) != 0) {
+        atomic_store(&s->gap_since_ms, chat_mono_ms());
+        return;
+    }
+    if (!pending && !s->catching_up && s->last_seq + 1 < want) {
+        chat_info("stream of %s: rows %llu..%llu are gone (deleted after delivery)", s->user,
+                  (unsigned long long)s->last_seq + 1, (unsigned long long)want - 1);
         s->last_seq = want - 1;
     }
     stream_release_held(s);
@@ -1142,7 +1148,8 @@ static void stream_fill_gap(struct chat_stream *s)
 }
 
 /* Writes a live message event, or holds it while an earlier one is
- * missing (see GAP_HOLD_MS). */
+ * missing (see GAP_HOLD_MS). With GAP_HOLD_MAX held, the highest one is
+ * left to MySQL (it is committed) and the stream reads on from there. */
 static void stream_take_message(struct chat_stream *s, struct event *ev)
 {
     if (ev->seq <= s->last_seq)
@@ -1159,9 +1166,10 @@ static void stream_take_message(struct chat_stream *s, struct event *ev)
     if (i < s->nheld && s->held[i]->seq == ev->seq)
         return; /* held already */
     if (s->nheld == GAP_HOLD_MAX) {
-        stream_fill_gap(s);
-        stream_take_message(s, ev);
-        return;
+        s->catching_up = true;
+        if (i == s->nheld)
+            return;
+        event_unref(s->held[--s->nheld]);
     }
     if (!s->held)
         s->held = chat_xcalloc(GAP_HOLD_MAX, sizeof(*s->held));
@@ -1169,11 +1177,8 @@ static void stream_take_message(struct chat_stream *s, struct event *ev)
     s->held[i] = ev;
     atomic_fetch_add(&ev->refs, 1);
     s->nheld++;
-    int64_t now = chat_mono_ms(), since = atomic_load(&s->gap_since_ms);
-    if (since == 0)
-        atomic_store(&s->gap_since_ms, now);
-    else if (now - since >= GAP_HOLD_MS)
-        stream_fill_gap(s);
+    if (atomic_load(&s->gap_since_ms) == 0)
+        atomic_store(&s->gap_since_ms, chat_mono_ms());
 }
 
 ssize_t chat_stream_read(struct chat_stream *s, char *buf, size_t max)
@@ -1194,7 +1199,9 @@ ssize_t chat_stream_read(struct chat_stream *s, char *buf, size_t max)
             continue;
         }
         if (s->replaying_pending || s->catching_up) {
-            if (stream_read_rows(s) == 0 && s->out.len > 0)
+            if (stream_read_rows(s) == 0 && s->nheld)
+                stream_release_held(s);
+            if (s->out.len > 0)
                 continue;
         }
 
@@ -1217,14 +1224,8 @@ ssize_t chat_stream_read(struct chat_stream *s, char *buf, size_t max)
         s->qn = s->qcap = s->qbytes = 0;
         pthread_mutex_unlock(&s->lock);
 
-        if (catchup) {
-            if (s->nheld && chat_mono_ms() - atomic_load(&s->gap_since_ms) >= GAP_HOLD_MS)
-                stream_fill_gap(s);
-            else
-                stream_read_rows(s);
-            if (s->nheld)
-                stream_release_held(s);
-        }
+        if (catchup && !s->nheld)
+            stream_read_rows(s);
         for (size_t i = 0; i < qn; i++) {
             if (q[i]->kind == EV_MESSAGE) {
                 stream_take_message(s, q[i]);
@@ -1235,6 +1236,10 @@ ssize_t chat_stream_read(struct chat_stream *s, char *buf, size_t max)
             event_unref(q[i]);
         }
         free(q);
+        /* A gap is read once the whole queue is in (it may hold what the
+         * gap waits for). */
+        if (s->nheld && (catchup || chat_mono_ms() - atomic_load(&s->gap_since_ms) >= GAP_HOLD_MS))
+            stream_fill_gap(s);
         if (keepalive && s->out.len == 0)
             chat_sse_comment(&s->out, "keepalive");
     }

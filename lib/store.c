@@ -1138,7 +1138,7 @@ static cJSON *direct_batch(struct send_req **reqs, size_t n)
  * once committed, a MySQL errno (> 0) the caller may retry (nothing was
  * committed), or a negative chat_err (CHAT_EUNAVAIL, also when the outcome
  * is unknown). */
-static int send_directs(struct chat_store *s, struct send_req **reqs, size_t n)
+static int send_directs(struct chat_store *s, struct send_req **reqs, size_t n, bool *at_commit)
 {
     int64_t push_after = (int64_t)s->cfg->push_after * 1000;
     MYSQL_BIND push;
@@ -1158,7 +1158,8 @@ static int send_directs(struct chat_store *s, struct send_req **reqs, size_t n)
         rollback(s); /* the procedure rolled back already, unless it never started */
         return err;
     }
-    while (mysql_stmt_fetch(st) == 0) {
+    int rc;
+    while ((rc = mysql_stmt_fetch(st)) == 0 || rc == MYSQL_DATA_TRUNCATED) {
         if (place < 1 || (size_t)place > n)
             continue;
         struct send_req *r = reqs[place - 1];
@@ -1168,25 +1169,33 @@ static int send_directs(struct chat_store *s, struct send_req **reqs, size_t n)
     }
     mysql_stmt_free_result(st);
     /* A CALL ends with a status of its own after its rows. */
-    int rc;
-    while ((rc = mysql_stmt_next_result(st)) == 0)
-        mysql_stmt_free_result(st);
+    if (rc != 1)
+        while ((rc = mysql_stmt_next_result(st)) == 0)
+            mysql_stmt_free_result(st);
     if (rc > 0) {
-        rollback(s);
-        return db_fail(s, "chat_send_direct", mysql_stmt_errno(st), mysql_stmt_error(st));
+        /* Not committed (the COMMIT is ours): dropping the connection rolls
+         * it back. The statement goes with it, so its error is read first. */
+        char why[256];
+        unsigned e = mysql_stmt_errno(st);
+        snprintf(why, sizeof(why), "%s", mysql_stmt_error(st));
+        return db_fail(s, "chat_send_direct", e, why);
     }
     for (size_t i = 0; i < n; i++)
         if (reqs[i]->pk == 0)
             reqs[i]->err = CHAT_EBLOCKED;
+    *at_commit = true;
     return commit(s);
 }
 
 /* One attempt at writing reqs, all direct or all group sends: 0 when it
- * committed (each send's err tells whether it was refused), or why not. */
-static int send_once(struct chat_store *s, struct send_req **reqs, size_t n)
+ * committed (each send's err tells whether it was refused), or why not.
+ * *at_commit tells a failed COMMIT (the outcome is unknown) from a failure
+ * before it (nothing was committed). */
+static int send_once(struct chat_store *s, struct send_req **reqs, size_t n, bool *at_commit)
 {
+    *at_commit = false;
     if (reqs[0]->in->to)
-        return send_directs(s, reqs, n);
+        return send_directs(s, reqs, n, at_commit);
     int err = begin(s);
     if (err)
         return err;
@@ -1195,6 +1204,7 @@ static int send_once(struct chat_store *s, struct send_req **reqs, size_t n)
         rollback(s);
         return err;
     }
+    *at_commit = true;
     return commit(s);
 }
 
@@ -1211,7 +1221,8 @@ static int send_alone(struct chat_store *s, const struct chat_send *in, struct c
 {
     struct send_req req = {.in = in, .out = out}, *r = &req;
     for (int attempt = 0; attempt < 3; attempt++) {
-        int err = send_once(s, &r, 1);
+        bool at_commit;
+        int err = send_once(s, &r, 1, &at_commit);
         if (err == 0 && req.err == 0) {
             send_done(in, out);
             return 0;
@@ -1243,6 +1254,7 @@ static int send_alone(struct chat_store *s, const struct chat_send *in, struct c
  * statements for all of them. Every sender still answers only after the
  * COMMIT that holds its rows. A finished batch wakes its own senders and
  * the first one queued (the next writer), not every waiting thread. */
+#define BATCH_BYTES (4 << 20) /* bodies a batch holds at most: far below max_allowed_packet */
 static struct {
     pthread_mutex_t lock;
     struct send_req *head, **tail;
@@ -1266,7 +1278,8 @@ static void send_part(struct chat_store *s, struct send_req **reqs, size_t n)
         reqs[0]->err = send_alone(s, reqs[0]->in, reqs[0]->out);
         return;
     }
-    int err = send_once(s, reqs, n);
+    bool at_commit;
+    int err = send_once(s, reqs, n, &at_commit);
     if (err == 0) {
         for (size_t i = 0; i < n; i++) {
             struct send_req *r = reqs[i];
@@ -1277,17 +1290,17 @@ static void send_part(struct chat_store *s, struct send_req **reqs, size_t n)
         }
         return;
     }
-    if (err < 0) {
-        /* The connection failed, maybe at COMMIT: as for a send alone, no
-         * 201 (a retry with the same client_msg_id converges). */
+    if (at_commit) {
+        /* The COMMIT failed: as for a send alone, no 201 (a retry with the
+         * same client_msg_id converges). */
         for (size_t i = 0; i < n; i++) {
             chat_sent_cleanup(reqs[i]->out);
-            reqs[i]->err = err;
+            reqs[i]->err = CHAT_EUNAVAIL;
         }
         return;
     }
-    /* A statement failed (a lock conflict, a client_msg_id raced): nothing
-     * was committed; each send goes alone. */
+    /* Before COMMIT (a lock conflict, a client_msg_id raced, a connection
+     * lost): nothing was committed; each send goes alone. */
     chat_debug("mysql: a batch of %zu sends failed (%d); sending them one by one", n, err);
     chat_metric_inc(send_batches_split);
     for (size_t i = 0; i < n; i++) {
@@ -1328,7 +1341,10 @@ static int send_batched(struct chat_store *s, const struct chat_send *in, struct
         }
         batcher.busy = true;
         size_t n = 0;
-        while (batcher.head && n < cap) {
+        size_t bytes = 0;
+        while (batcher.head && n < cap &&
+               (n == 0 || bytes + batcher.head->in->body_len <= BATCH_BYTES)) {
+            bytes += batcher.head->in->body_len;
             reqs[n++] = batcher.head;
             batcher.head = batcher.head->next;
         }

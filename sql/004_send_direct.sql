@@ -18,6 +18,9 @@
 --
 -- SQL SECURITY INVOKER: it runs with the caller's rights, which must
 -- include EXECUTE on the database besides SELECT, INSERT, UPDATE, DELETE.
+-- (Dropped first, so that a run of this file stopped half way can be
+-- repeated.)
+DROP PROCEDURE IF EXISTS chat_send_direct;
 CREATE PROCEDURE chat_send_direct(IN batch LONGTEXT CHARACTER SET utf8mb4,
                                   IN push_after_ms BIGINT)
 MODIFIES SQL DATA
