@@ -23,15 +23,22 @@ def _silent_send(frm, to, body):
     return mid
 
 
-def test_live_message_after_a_gap_waits_for_the_missing_row():
+def _streaming(prefix):
+    """alice has sent bob one message through node 1; bob streams on node 2
+    and has it. Returns (node 1, alice, bob, that message_id, bob's stream)."""
     if door() != "chatd":
         skip("the nodes' behaviour; one run is enough")
-    n1, n2 = node(1), node(2)
-    alice, bob = uid("gapa"), uid("gapb")
+    n1 = node(1)
+    alice, bob = uid(prefix + "a"), uid(prefix + "b")
     first = send(n1, alice, bob, "before the gap")["message_id"]
-    s = stream(n2, bob)
+    s = stream(node(2), bob)
+    s.wait_message_id(first)
+    return n1, alice, bob, first, s
+
+
+def test_live_message_after_a_gap_waits_for_the_missing_row():
+    n1, alice, bob, first, s = _streaming("gap")
     try:
-        s.wait_message_id(first)
         lost = _silent_send(alice, bob, "published never")
         live = send(n1, alice, bob, "after the gap")["message_id"]
         got = s.wait_messages(3, timeout=10)
@@ -47,3 +54,23 @@ def test_live_message_after_a_gap_waits_for_the_missing_row():
     finally:
         s.close()
     assert len(s.messages()) == 3, "bob's stream got %r" % [e.json() for e in s.messages()]
+
+
+def test_many_live_messages_after_a_gap_arrive_in_order():
+    """The same with 100 live messages right after the gap: more than a
+    stream holds back (64), so some are left to MariaDB and read from there;
+    all 102 arrive, in seq order, once each."""
+    n1, alice, bob, first, s = _streaming("gapm")
+    try:
+        want = [first, _silent_send(alice, bob, "published never")]
+        want += [send(n1, alice, bob, "live %d" % i)["message_id"] for i in range(100)]
+        got = s.wait_messages(len(want), timeout=20)
+        ids = [e.json()["message_id"] for e in got]
+        seqs = [e.json()["seq"] for e in got]
+        assert ids == want, "first difference at %d: want %r, got %r" % (
+            next(i for i, (a, b) in enumerate(zip(want, ids + [None] * len(want))) if a != b),
+            want[:5], ids[:5])
+        assert seqs == list(range(seqs[0], seqs[0] + len(want))), seqs
+    finally:
+        s.close()
+    assert len(s.messages()) == len(want), "bob's stream got %d messages" % len(s.messages())
