@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.parse
 
-from chatlib import env, expect_json, get, post, request, token
+from chatlib import KEEPALIVE_S, env, expect_json, get, post, request, token
 
 # --------------------------------------------------------------------------
 # blocks
@@ -101,6 +101,14 @@ def presence(base, user, users):
 def online(base, user, other):
     """other's presence as user sees it: True, False or None."""
     return presence(base, user, [other])[0][1]
+
+
+# How long a stream its client closed may take to end on its node: at once
+# through chatd and lighttpd (which passes the FIN on), but Apache notices
+# only when a write to the client fails, which is the second keepalive
+# after the close (the first is answered with a reset). Measured 3.5-4.4 s
+# with 2 s keepalives; this bounds waits for "offline" after a close.
+STREAM_END_S = 4.0 + 2 * KEEPALIVE_S
 
 
 def wait_online(base, user, other, want, timeout=5.0):

@@ -11,7 +11,7 @@ from chatlib import (SSEStream, assert_error, expect_json, front, get, inbox, no
                      send, stream, token, uid, wait_delivered, now_ms)
 from chatlib_groups import (conversation, create_chat, message_ids, recipients, send_chat, stay_quiet,
                             wait_receipt_from)
-from chatlib_social import (OwnNode, block, blocked_list, new_ticket, online, presence,
+from chatlib_social import (STREAM_END_S, OwnNode, block, blocked_list, new_ticket, online, presence,
                             presence_events, presence_resp, ticket_resp, unblock, wait_online,
                             wait_presence)
 
@@ -356,7 +356,7 @@ def test_presence_follows_streams_across_nodes():
         finally:
             t1 = time.monotonic()
             bs.close()
-        d = wait_presence(als, bob, False, timeout=5)
+        d = wait_presence(als, bob, False, timeout=STREAM_END_S)
         print("presence offline event after %.0f ms" % ((time.monotonic() - t1) * 1000))
         assert d["user"] == bob
         for base in (n1, n2):
@@ -395,7 +395,7 @@ def test_presence_two_nodes_keep_the_user_online():
             b1.close()
             if b2 is not None:
                 b2.close()
-        wait_presence(als, bob, False, timeout=5)
+        wait_presence(als, bob, False, timeout=STREAM_END_S)
         wait_online(n1, alice, bob, False, timeout=1)
         assert [e["online"] for e in presence_events(als, bob)] == [True, False], presence_events(als, bob)
 
@@ -448,7 +448,7 @@ def test_presence_visible_to_contacts_only():
         finally:
             bs.close()
         for u in (carol, dave):
-            wait_presence(watchers[u], bob, False, timeout=5)
+            wait_presence(watchers[u], bob, False, timeout=STREAM_END_S)
         time.sleep(0.3)
         for u in (alice, eve):
             assert not presence_events(watchers[u]), "%s (a stranger) got presence events: %r" % (
@@ -567,7 +567,7 @@ def test_offline_recipient_gets_messages_on_next_connect_either_node():
     with stream(n1, bob) as s:
         first = send(n2, alice, bob, "while online")["message_id"]
         s.wait_message_id(first, timeout=5)
-    wait_online(n2, alice, bob, False, timeout=5)
+    wait_online(n2, alice, bob, False, timeout=STREAM_END_S)
     with stream(n2, alice) as als:
         mids = [send(n1, alice, bob, "offline 1")["message_id"], send(n2, alice, bob, "offline 2")["message_id"],
                 send(n1, alice, bob, "offline 3")["message_id"]]
@@ -581,7 +581,7 @@ def test_offline_recipient_gets_messages_on_next_connect_either_node():
             for m in mids:
                 wait_receipt_from(als, m, bob, "delivered", timeout=5)
                 wait_delivered(n1, alice, m, bob)
-        wait_online(n1, alice, bob, False, timeout=5)
+        wait_online(n1, alice, bob, False, timeout=STREAM_END_S)
         last = send(n2, alice, bob, "offline again")["message_id"]
         time.sleep(0.3)
         assert recipients(n1, alice, last)[bob]["status"] == "pending"
