@@ -76,9 +76,9 @@ static void event_unref(struct event *ev)
  * moment later, rather than send the stream to MySQL at once: sends that
  * commit together publish from several threads and nodes, so their events
  * can arrive out of order. The gap is read from MySQL when it is still
- * open after GAP_HOLD_MS (checked as events arrive, and on the 1 s tick
- * for a stream that gets nothing more), or when GAP_HOLD_MAX messages
- * wait. */
+ * open after GAP_HOLD_MS (checked each time the stream has taken in what
+ * arrived, and on the 1 s tick for a stream that gets nothing more). Past
+ * GAP_HOLD_MAX held, the highest is left to MySQL and read from there. */
 #define GAP_HOLD_MS 100
 #define GAP_HOLD_MAX 64
 

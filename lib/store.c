@@ -1136,8 +1136,8 @@ static cJSON *direct_batch(struct send_req **reqs, size_t n)
  * to MariaDB whatever the size of the batch. A send whose recipient blocks
  * its sender is refused (CHAT_EBLOCKED) and the others go on. Returns 0
  * once committed, a MySQL errno (> 0) the caller may retry (nothing was
- * committed), or a negative chat_err (CHAT_EUNAVAIL, also when the outcome
- * is unknown). */
+ * committed), or a negative chat_err (CHAT_EUNAVAIL); *at_commit is set
+ * when it was the COMMIT that failed (the outcome is then unknown). */
 static int send_directs(struct chat_store *s, struct send_req **reqs, size_t n, bool *at_commit)
 {
     int64_t push_after = (int64_t)s->cfg->push_after * 1000;
@@ -1249,9 +1249,9 @@ static int send_alone(struct chat_store *s, const struct chat_send *in, struct c
 
 /* Group commit. Sends that arrive while another thread's batch is being
  * written queue up; the next thread to find none being written takes the
- * queue (up to [mysql] send_batch) and writes it all in one transaction on
- * its own connection: one COMMIT, one log flush, and a few multi-row
- * statements for all of them. Every sender still answers only after the
+ * queue (up to [mysql] send_batch) and writes it on its own connection:
+ * the direct sends with one call of chat_send_direct and its COMMIT, the
+ * group sends with one statement per table and theirs. Every sender still answers only after the
  * COMMIT that holds its rows. A finished batch wakes its own senders and
  * the first one queued (the next writer), not every waiting thread. */
 #define BATCH_BYTES (4 << 20) /* bodies a batch holds at most: far below max_allowed_packet */
@@ -2144,7 +2144,7 @@ static int cmp_row_ref(const void *a, const void *b)
 
 /* The rows of refs (sorted; seq 0 skipped) with one statement, which is
  * its own transaction. */
-static int ack_batch_once(struct chat_store *s, struct chat_row_ref *refs, size_t n,
+static int ack_batch_once(struct chat_store *s, const struct chat_row_ref *refs, size_t n,
                           enum chat_policy policy, int64_t now_ms, size_t *applied)
 {
     *applied = 0;
@@ -2162,9 +2162,8 @@ static int ack_batch_once(struct chat_store *s, struct chat_row_ref *refs, size_
         cJSON_Delete(rows);
         return 0;
     }
-    int64_t ts = now_ms;
     MYSQL_BIND at;
-    bind_i64(&at, &ts);
+    bind_i64(&at, &now_ms);
     MYSQL_STMT *st;
     int err = run_rows(s, policy == CHAT_POLICY_MARK ? S_ACKS_MARK : S_ACKS_DELETE, rows,
                        policy == CHAT_POLICY_MARK ? &at : NULL, NULL, &st);
