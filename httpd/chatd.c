@@ -1,13 +1,17 @@
-/* chatd.c: the libmicrohttpd door. It turns MHD requests into lib/api calls
- * and holds SSE streams and long-polls by suspending their connections, so
- * that an idle one costs no thread and no CPU. */
+/* chatd.c: the libmicrohttpd door. It turns MHD requests into lib/api calls,
+ * holds long-polls by suspending their connections and serves SSE streams
+ * from its own stream loops once MHD has sent their head, so that an idle
+ * one costs no thread, no CPU and little memory. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,8 +21,8 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <uthash.h>
 #include <unistd.h>
+#include <utlist.h>
 
 #include "alloc.h"
 #include "api/api.h"
@@ -31,25 +35,41 @@
 #include "log.h"
 #include "metrics.h"
 #include "query.h"
+#include "sse.h"
 
-/* The reader's block of a stream's response. Under HTTP/1.1 (chunked)
- * libmicrohttpd reads into the connection's own buffer instead, but it
- * allocates (and zeroes) this block for every stream all the same: a small
- * one keeps idle streams cheap. */
-#define SSE_BLOCK 1024
+/* What a stream loop reads from a stream per write. */
+#define LOOP_BLOCK 16384
+/* The least time between two rounds of keepalives in a stream loop. */
+#define KEEPALIVE_ROUND_MS 200
 
-/* Watches the sockets of SSE streams for the client hanging up. A suspended
- * MHD connection is not polled, so without this a vanished client would be
- * noticed only at the next keepalive, and events meanwhile would count as
- * delivered into a dead socket. */
-struct hangup_watch {
+struct sse;
+
+/* A thread that serves the streams handed to it: an epoll set of their
+ * sockets (for the client hanging up and for room to write) and a list of
+ * the streams the delivery woke. An idle stream is a socket, a struct sse
+ * and the delivery's own stream: no thread, no MHD connection, no pool. */
+struct stream_loop {
+    struct stream_loops *owner;
     int epfd;
-    int stop_fd;
+    int wake_fd; /* eventfd: ready has entries, or stopping */
     pthread_t thread;
     bool started;
-    pthread_mutex_t lock; /* guards streams */
-    struct sse *streams;  /* by id */
-    uint64_t next_id;
+    pthread_mutex_t lock; /* guards ready, ready_tail and stopping */
+    struct sse *ready;    /* woken or handed over, to be pumped */
+    struct sse **ready_tail;
+    bool stopping;
+    struct sse *all;               /* loop thread only: every stream it serves, by last write */
+    struct sse *grave;             /* loop thread only: ended, freed after this round */
+    char buf[16 + LOOP_BLOCK + 2]; /* chunk size line, block, CRLF */
+};
+
+struct stream_loops {
+    struct stream_loop *v;
+    int n;
+    int64_t keepalive_ms;      /* [delivery] keepalive */
+    struct chat_buf keepalive; /* the comment the loops write */
+    atomic_uint next;          /* round robin */
+    atomic_int served;         /* streams the loops serve, for max_connections */
 };
 
 /* Threads that run REST requests off libmicrohttpd's threads. An HTTP
@@ -68,7 +88,7 @@ struct workers {
 
 struct chatd {
     struct chat_config cfg;
-    struct hangup_watch watch;
+    struct stream_loops loops;
     struct workers workers;
     struct chat_delivery *delivery;
     struct chat_api *api;
@@ -84,19 +104,29 @@ struct req {
     bool started;   /* creq is built */
     bool answered;  /* an error was queued from the head alone */
     bool offloaded; /* handed to a worker; resp is its answer once resumed */
+    bool http11;    /* an HTTP/1.1 request: a stream's body is chunked */
     struct chat_request creq;
     struct chat_response resp; /* a worker's answer */
     struct req *next;          /* in the worker queue */
 };
 
-/* The door side of an SSE stream: owned by the MHD response. */
+/* The door side of an SSE stream, from the hand-over on: a stream loop's.
+ * 'queued' and 'dead' are guarded by the loop's lock, the rest is the loop
+ * thread's (fd is also read by sse_drop). */
 struct sse {
-    struct MHD_Connection *conn;
-    int fd; /* the connection's socket, open until sse_free returns; -1 unknown */
+    atomic_int fd;
+    bool http11; /* the body is chunked */
     struct chat_stream *stream;
-    struct hangup_watch *watch;
-    uint64_t id; /* in the watch; 0 when not watched */
-    UT_hash_handle hh;
+    struct stream_loop *loop;
+    struct sse *next_ready;
+    bool queued;             /* in the loop's ready list */
+    bool dead;               /* ended: freed once off the ready list */
+    bool fresh;              /* handed over, not yet in the loop's epoll set */
+    bool blocked;            /* the socket was full: waits for EPOLLOUT */
+    int64_t last_ms;         /* the last write (mono ms) */
+    struct sse *prev, *next; /* in the loop's list of all, by last_ms */
+    char *pend;              /* unsent bytes of the last write */
+    size_t pend_off, pend_len;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -111,16 +141,6 @@ static void req_park(void *door)
 static void req_wake(void *door)
 {
     MHD_resume_connection(((struct req *)door)->conn);
-}
-
-static void sse_park(void *door)
-{
-    MHD_suspend_connection(((struct sse *)door)->conn);
-}
-
-static void sse_wake(void *door)
-{
-    MHD_resume_connection(((struct sse *)door)->conn);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -175,113 +195,319 @@ static const char *framing_problem(struct MHD_Connection *conn)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Hangup watch                                                             */
+/* Stream loops                                                             */
 /* ------------------------------------------------------------------------ */
 
-/* Registers the stream's socket. Registrations are one-shot and keyed by an
- * id, never by pointer, and never removed by hand: the kernel drops one when
- * MHD closes the socket, and an id that is gone is ignored. */
-static void watch_add(struct hangup_watch *w, struct sse *s)
+/* Puts s on its loop's ready list unless it is there; any thread. */
+static void loop_queue(struct stream_loop *l, struct sse *s)
 {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(s->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (!ci || !w->started)
-        return;
-    pthread_mutex_lock(&w->lock);
-    s->id = ++w->next_id;
-    s->watch = w;
-    HASH_ADD(hh, w->streams, id, sizeof(s->id), s);
-    pthread_mutex_unlock(&w->lock);
-    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT, .data.u64 = s->id};
-    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, ci->connect_fd, &ev) != 0 && errno == EEXIST)
-        epoll_ctl(w->epfd, EPOLL_CTL_MOD, ci->connect_fd, &ev); /* a keep-alive reuse */
+    pthread_mutex_lock(&l->lock);
+    bool was_empty = l->ready == NULL;
+    if (!s->queued) {
+        s->queued = true;
+        s->next_ready = NULL;
+        *l->ready_tail = s;
+        l->ready_tail = &s->next_ready;
+    }
+    pthread_mutex_unlock(&l->lock);
+    uint64_t one = 1;
+    if (was_empty && write(l->wake_fd, &one, sizeof(one)) < 0)
+        chat_warn("stream loop: cannot wake: %s", strerror(errno));
 }
 
-static void watch_remove(struct sse *s)
+/* The stream's door in a loop: parking is just returning to the loop; the
+ * wake puts it on the ready list. */
+static void loop_park(void *door)
 {
-    if (!s->watch)
-        return;
-    pthread_mutex_lock(&s->watch->lock);
-    HASH_DEL(s->watch->streams, s);
-    pthread_mutex_unlock(&s->watch->lock);
+    (void)door;
 }
 
-static void *watch_main(void *arg)
+static void loop_wake(void *door)
 {
-    struct hangup_watch *w = arg;
-    struct epoll_event evs[64];
+    struct sse *s = door;
+    loop_queue(s->loop, s);
+}
+
+/* Ends s: no wake and no drop can follow chat_stream_close, so the socket
+ * is closed after it. Freed at the end of the round, or once off the ready
+ * list, since events of this round may still name it. */
+static void loop_end(struct stream_loop *l, struct sse *s, struct stream_loops *all)
+{
+    int fd = atomic_exchange(&s->fd, -1);
+    epoll_ctl(l->epfd, EPOLL_CTL_DEL, fd, NULL);
+    DL_DELETE(l->all, s);
+    chat_stream_close(s->stream);
+    s->stream = NULL;
+    close(fd);
+    free(s->pend);
+    s->pend = NULL;
+    atomic_fetch_sub(&all->served, 1);
+    pthread_mutex_lock(&l->lock);
+    s->dead = true;
+    bool queued = s->queued;
+    pthread_mutex_unlock(&l->lock);
+    if (!queued) {
+        s->next = l->grave;
+        l->grave = s;
+    }
+}
+
+/* Sends len bytes from data; what the socket does not take now is kept
+ * for EPOLLOUT. False when the connection failed. */
+static bool loop_send(struct sse *s, const char *data, size_t len)
+{
+    ssize_t w = send(atomic_load(&s->fd), data, len, MSG_NOSIGNAL);
+    if (w < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return false;
+        w = 0;
+    }
+    if ((size_t)w < len) {
+        s->pend_len = len - (size_t)w;
+        s->pend_off = 0;
+        s->pend = chat_xmalloc(s->pend_len);
+        memcpy(s->pend, data + w, s->pend_len);
+        s->blocked = true;
+    }
+    return true;
+}
+
+/* s was written at now: it goes to the end of the loop's list, which is
+ * kept in the order of the last write. */
+static void loop_touch(struct stream_loop *l, struct sse *s, int64_t now)
+{
+    s->last_ms = now;
+    DL_DELETE(l->all, s);
+    DL_APPEND(l->all, s);
+}
+
+/* Writes the len bytes at l->buf + 16 to s, as one chunk under HTTP/1.1
+ * (its size line goes in front, in the 16 bytes kept for it). False when
+ * the connection failed. */
+static bool loop_write(struct stream_loop *l, struct sse *s, size_t len)
+{
+    char *data = l->buf + 16;
+    if (s->http11) {
+        char head[16];
+        int hl = snprintf(head, sizeof(head), "%zx\r\n", len);
+        data -= hl;
+        memcpy(data, head, (size_t)hl);
+        memcpy(data + hl + len, "\r\n", 2);
+        len += (size_t)hl + 2;
+    }
+    if (!loop_send(s, data, len))
+        return false;
+    loop_touch(l, s, chat_mono_ms());
+    return true;
+}
+
+/* Writes what the stream has until it parks, the socket is full or the
+ * stream is over. */
+static void loop_pump(struct stream_loop *l, struct sse *s, struct stream_loops *all)
+{
     for (;;) {
-        int n = epoll_wait(w->epfd, evs, 64, -1);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return NULL;
-        for (int i = 0; i < n; i++) {
-            uint64_t id = evs[i].data.u64;
-            if (id == 0)
-                return NULL; /* stop_fd */
-            pthread_mutex_lock(&w->lock);
-            struct sse *s;
-            HASH_FIND(hh, w->streams, &id, sizeof(id), s);
-            if (s)
-                chat_stream_end(s->stream);
-            pthread_mutex_unlock(&w->lock);
+        if (s->pend) {
+            ssize_t w = send(atomic_load(&s->fd), s->pend + s->pend_off, s->pend_len - s->pend_off,
+                             MSG_NOSIGNAL);
+            if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                loop_end(l, s, all);
+                return;
+            }
+            if (w > 0)
+                s->pend_off += (size_t)w;
+            if (s->pend_off < s->pend_len) {
+                s->blocked = true;
+                return;
+            }
+            free(s->pend);
+            s->pend = NULL;
+        }
+        s->blocked = false;
+        ssize_t n = chat_stream_read(s->stream, l->buf + 16, LOOP_BLOCK);
+        if (n == 0)
+            return; /* parked: the next event wakes it */
+        if (n < 0) {
+            loop_end(l, s, all);
+            return;
+        }
+        if (!loop_write(l, s, (size_t)n)) {
+            loop_end(l, s, all);
+            return;
         }
     }
 }
 
-static int watch_start(struct hangup_watch *w)
+/* Writes a keepalive comment to each stream that had no write for
+ * `keepalive` seconds (the list is in the order of the last write, so
+ * only the due ones are visited). Returns the ms to wait for the next
+ * round, or -1 for none. */
+static int loop_keepalives(struct stream_loop *l, struct stream_loops *all)
 {
-    pthread_mutex_init(&w->lock, NULL);
-    w->epfd = epoll_create1(EPOLL_CLOEXEC);
-    w->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
-    if (w->epfd < 0 || w->stop_fd < 0 || epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->stop_fd, &ev) ||
-        pthread_create(&w->thread, NULL, watch_main, w) != 0)
-        return CHAT_EINTERNAL;
-    w->started = true;
+    int64_t now = chat_mono_ms();
+    struct sse *s;
+    while ((s = l->all) && now - s->last_ms >= all->keepalive_ms) {
+        if (s->blocked) { /* still writing: not idle */
+            loop_touch(l, s, now);
+            continue;
+        }
+        memcpy(l->buf + 16, all->keepalive.data, all->keepalive.len);
+        if (!loop_write(l, s, all->keepalive.len))
+            loop_end(l, s, all);
+    }
+    if (!s)
+        return -1;
+    /* At most 5 rounds a second for keepalives: each takes all that are
+     * due, a few hundred ms late at most. */
+    int64_t wait = s->last_ms + all->keepalive_ms - now;
+    return wait < KEEPALIVE_ROUND_MS ? KEEPALIVE_ROUND_MS : (int)wait;
+}
+
+/* Takes what was woken or handed over since the last round. */
+static struct sse *loop_take_ready(struct stream_loop *l, bool *stopping)
+{
+    pthread_mutex_lock(&l->lock);
+    struct sse *list = l->ready;
+    l->ready = NULL;
+    l->ready_tail = &l->ready;
+    for (struct sse *s = list; s; s = s->next_ready)
+        s->queued = false;
+    *stopping = l->stopping;
+    pthread_mutex_unlock(&l->lock);
+    return list;
+}
+
+static void *loop_main(void *arg)
+{
+    struct stream_loop *l = arg;
+    struct stream_loops *all = l->owner;
+    struct epoll_event evs[256];
+    bool stopping = false;
+    int wait_ms = -1;
+    while (!stopping || l->all) {
+        int n = epoll_wait(l->epfd, evs, 256, stopping ? 50 : wait_ms);
+        if (n < 0 && errno != EINTR)
+            break;
+        for (int i = 0; i < n; i++) {
+            struct sse *s = evs[i].data.ptr;
+            if (!s) {
+                uint64_t v;
+                if (read(l->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                    chat_warn("stream loop: %s", strerror(errno));
+                continue;
+            }
+            if (s->dead)
+                continue;
+            if (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+                /* The client went: events from now on are not delivered
+                 * into a dead socket. */
+                chat_stream_end(s->stream);
+                loop_pump(l, s, all);
+            } else if ((evs[i].events & EPOLLOUT) && s->blocked) {
+                loop_pump(l, s, all);
+            }
+        }
+        struct sse *list = loop_take_ready(l, &stopping);
+        while (list) {
+            struct sse *s = list;
+            list = s->next_ready;
+            if (s->dead) {
+                s->next = l->grave;
+                l->grave = s;
+                continue;
+            }
+            if (s->fresh) {
+                s->fresh = false;
+                DL_APPEND(l->all, s);
+                struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLOUT | EPOLLET, .data.ptr = s};
+                if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, atomic_load(&s->fd), &ev) != 0) {
+                    chat_warn("stream loop: epoll_ctl: %s", strerror(errno));
+                    chat_stream_end(s->stream);
+                }
+            }
+            if (!s->blocked)
+                loop_pump(l, s, all);
+        }
+        /* Stopping: the delivery has ended every stream and given them
+         * a moment to go; what is left (a client that reads nothing) is
+         * closed now. */
+        while (stopping && l->all)
+            loop_end(l, l->all, all);
+        wait_ms = loop_keepalives(l, all);
+        while (l->grave) {
+            struct sse *s = l->grave;
+            l->grave = s->next;
+            free(s);
+        }
+    }
+    return NULL;
+}
+
+static int loops_start(struct stream_loops *all, int n, int keepalive_s)
+{
+    all->v = chat_xcalloc((size_t)n, sizeof(*all->v));
+    all->n = n;
+    all->keepalive_ms = (int64_t)keepalive_s * 1000;
+    chat_sse_comment(&all->keepalive, "keepalive");
+    for (int i = 0; i < n; i++) {
+        all->v[i].epfd = all->v[i].wake_fd = -1;
+        pthread_mutex_init(&all->v[i].lock, NULL);
+    }
+    for (int i = 0; i < n; i++) {
+        struct stream_loop *l = &all->v[i];
+        l->ready_tail = &l->ready;
+        l->epfd = epoll_create1(EPOLL_CLOEXEC);
+        l->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+        if (l->epfd < 0 || l->wake_fd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wake_fd, &ev))
+            return CHAT_EINTERNAL;
+    }
+    for (int i = 0; i < n; i++) {
+        all->v[i].owner = all;
+        if (pthread_create(&all->v[i].thread, NULL, loop_main, &all->v[i]) != 0)
+            return CHAT_EINTERNAL;
+        all->v[i].started = true;
+    }
     return 0;
 }
 
-static void watch_stop(struct hangup_watch *w)
+/* Ends the streams the loops still hold and stops them. */
+static void loops_stop(struct stream_loops *all)
 {
-    if (w->started) {
+    for (int i = 0; i < all->n; i++) {
+        struct stream_loop *l = &all->v[i];
+        if (!l->started)
+            continue;
+        pthread_mutex_lock(&l->lock);
+        l->stopping = true;
+        pthread_mutex_unlock(&l->lock);
         uint64_t one = 1;
-        if (write(w->stop_fd, &one, sizeof(one)) == sizeof(one))
-            pthread_join(w->thread, NULL);
-        w->started = false;
+        if (write(l->wake_fd, &one, sizeof(one)) == sizeof(one))
+            pthread_join(l->thread, NULL);
+        l->started = false;
     }
-    if (w->epfd >= 0)
-        close(w->epfd);
-    if (w->stop_fd >= 0)
-        close(w->stop_fd);
-    pthread_mutex_destroy(&w->lock);
+    for (int i = 0; i < all->n; i++) {
+        struct stream_loop *l = &all->v[i];
+        if (l->epfd >= 0)
+            close(l->epfd);
+        if (l->wake_fd >= 0)
+            close(l->wake_fd);
+        pthread_mutex_destroy(&l->lock);
+    }
+    free(all->v);
+    all->v = NULL;
+    all->n = 0;
+    chat_buf_cleanup(&all->keepalive);
 }
 
-static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
-{
-    struct sse *s = cls;
-    ssize_t n = chat_stream_read(s->stream, buf, max);
-    return n < 0 ? MHD_CONTENT_READER_END_OF_STREAM : n;
-}
-
-/* shutdown(), not close(): the descriptor stays libmicrohttpd's, which sees
- * the socket fail, closes it and frees the response. The stream calls this
- * only before sse_free has closed it, and libmicrohttpd closes the socket
- * only after sse_free returns, so fd is still this connection's. */
+/* shutdown(), not close(): the descriptor stays the loop's, which sees the
+ * socket fail and ends the stream. The stream calls this only while it is
+ * registered, and the loop closes the descriptor only after it is not. */
 static void sse_drop(void *door)
 {
     struct sse *s = door;
-    if (s->fd >= 0)
-        shutdown(s->fd, SHUT_RDWR);
-}
-
-static void sse_free(void *cls)
-{
-    struct sse *s = cls;
-    watch_remove(s);
-    chat_stream_close(s->stream);
-    free(s);
+    int fd = atomic_load(&s->fd);
+    if (fd >= 0)
+        shutdown(fd, SHUT_RDWR);
 }
 
 static enum MHD_Result queue_body(struct req *r, struct chat_response *resp)
@@ -306,31 +532,63 @@ static enum MHD_Result queue_body(struct req *r, struct chat_response *resp)
     return ret;
 }
 
-static enum MHD_Result queue_stream(struct req *r, struct chat_response *resp)
+/* Takes a stream's connection from libmicrohttpd: the socket is
+ * duplicated, the response head written here and the stream handed to a
+ * loop; then MHD is told to drop the connection (MHD_NO), which closes its
+ * descriptor and frees its memory. MHD is started with MHD_USE_TURBO, under
+ * which it closes without the shutdown() that would end the socket for the
+ * duplicate as well. Returns false (the stream closed) when the socket
+ * could not be taken. */
+static bool hand_over(struct req *r, struct chat_response *resp)
 {
-    struct sse *s = chat_xcalloc(1, sizeof(*s));
-    s->conn = r->conn;
-    s->stream = resp->stream;
-    /* The stream parks through its own door struct: it outlives the request
-     * record, which MHD may release first. */
+    struct stream_loops *all = &r->chatd->loops;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    s->fd = ci ? ci->connect_fd : -1;
-    chat_stream_set_door(s->stream, sse_park, sse_wake, s);
-    chat_stream_set_drop(s->stream, sse_drop);
-    struct MHD_Response *mr =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, SSE_BLOCK, sse_read, s, sse_free);
-    if (!mr) {
-        sse_free(s);
-        return MHD_NO;
+    int fd = ci ? fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (fd < 0) {
+        chat_warn("stream hand-over: %s", ci ? strerror(errno) : "no socket");
+        chat_stream_close(resp->stream);
+        resp->stream = NULL;
+        return false;
     }
-    MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, resp->content_type);
-    MHD_add_response_header(mr, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    MHD_add_response_header(mr, "X-Accel-Buffering", "no");
-    enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_OK, mr);
-    MHD_destroy_response(mr);
-    watch_add(&r->chatd->watch, s);
-    return ret;
+    /* Each event goes out as it comes. */
+    int on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+    struct sse *s = chat_xcalloc(1, sizeof(*s));
+    atomic_init(&s->fd, fd);
+    s->http11 = r->http11;
+    s->stream = resp->stream;
+    resp->stream = NULL;
+    s->loop = &all->v[atomic_fetch_add(&all->next, 1) % (unsigned)all->n];
+    s->fresh = true;
+    chat_stream_set_door(s->stream, loop_park, loop_wake, s);
+    chat_stream_set_drop(s->stream, sse_drop);
+    chat_stream_door_keepalive(s->stream);
+    /* An HTTP/1.0 client reads the body until the connection closes. */
+    char head[256];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 200 OK\r\n"
+                     "Content-Type: %s\r\n"
+                     "Cache-Control: no-cache\r\n"
+                     "X-Accel-Buffering: no\r\n"
+                     "%s\r\n",
+                     resp->content_type,
+                     s->http11 ? "Transfer-Encoding: chunked\r\n" : "Connection: close\r\n");
+    atomic_fetch_add(&all->served, 1);
+    s->last_ms = chat_mono_ms();
+    if (!loop_send(s, head, (size_t)n))
+        chat_stream_end(s->stream); /* the loop closes it */
+    loop_queue(s->loop, s);
+    return true;
+}
+
+static enum MHD_Result queue_error(struct req *r, int err, const char *message);
+
+static enum MHD_Result queue_stream(struct req *r, struct chat_response *resp)
+{
+    if (!hand_over(r, resp))
+        return queue_error(r, CHAT_EINTERNAL, "the stream could not be set up");
+    return MHD_NO; /* MHD drops its side of the connection */
 }
 
 /* ------------------------------------------------------------------------ */
@@ -447,9 +705,19 @@ static enum MHD_Result queue_error(struct req *r, int err, const char *message)
     resp.content_type = "application/json; charset=utf-8";
     resp.body = chat_json_error(chat_err_code(err), message);
     resp.body_len = strlen(resp.body);
+    if (err == CHAT_EUNAVAIL)
+        snprintf(resp.retry_after, sizeof(resp.retry_after), "1");
     chat_metrics_count_status(resp.status);
     r->answered = true;
     return queue_body(r, &resp);
+}
+
+/* A stream served by a loop is no longer one of MHD's connections, so
+ * max_connections counts them here: past it a new stream is refused. */
+static bool streams_full(struct chatd *chatd, const char *url)
+{
+    return strcmp(url, "/v1/events") == 0 &&
+           atomic_load(&chatd->loops.served) >= chatd->cfg.max_connections;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -462,6 +730,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r = chat_xcalloc(1, sizeof(*r));
         r->chatd = chatd;
         r->conn = conn;
+        r->http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0;
         *con_cls = r;
         /* Refusals that the head decides are answered now, in the first
          * call: libmicrohttpd then reads no body, sends no 100 Continue and
@@ -508,6 +777,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             .can_stream = true,
         };
     }
+    if (streams_full(chatd, url))
+        return queue_error(r, CHAT_EUNAVAIL, "this node holds max_connections streams");
     if (runs_on_worker(url) && workers_submit(&chatd->workers, r))
         return MHD_YES; /* MHD calls again once the worker resumes it */
     struct chat_response resp;
@@ -541,6 +812,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(line);
     while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         line[--n] = '\0';
+    if (strstr(line, "Application reported internal error"))
+        return; /* a stream handed to a loop (hand_over) */
     chat_warn("http: %s", line);
 }
 
@@ -613,11 +886,6 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     int rc = 1;
-    chatd.watch.epfd = chatd.watch.stop_fd = -1;
-    if (watch_start(&chatd.watch) != 0) {
-        chat_error("cannot start the hangup watch");
-        goto out;
-    }
     chatd.delivery = chat_delivery_new(&chatd.cfg);
     if (!chatd.delivery || chat_delivery_start(chatd.delivery) != 0) {
         chat_error("cannot start the delivery threads");
@@ -628,7 +896,14 @@ int main(int argc, char **argv)
         chat_error("cannot start the worker threads");
         goto out;
     }
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (loops_start(&chatd.loops, chatd.cfg.threads, chatd.cfg.keepalive) != 0) {
+        chat_error("cannot start the stream loops");
+        goto out;
+    }
+    /* MHD_USE_TURBO: a connection is closed without shutdown(), which a
+     * stream handed to a loop relies on (hand_over). */
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+                     MHD_USE_TURBO;
     chatd.mhd = MHD_start_daemon(
         flags, (uint16_t)chatd.cfg.port, NULL, NULL, on_request, &chatd, MHD_OPTION_EXTERNAL_LOGGER,
         mhd_log, &chatd, MHD_OPTION_UNESCAPE_CALLBACK, unescape, &chatd, MHD_OPTION_SOCK_ADDR,
@@ -666,6 +941,7 @@ int main(int argc, char **argv)
     /* The workers finish (and resume) what they hold; MHD must not stop
      * with a connection suspended. */
     workers_stop(&chatd.workers);
+    loops_stop(&chatd.loops);
     MHD_stop_daemon(chatd.mhd);
     if (lsock != MHD_INVALID_SOCKET)
         close(lsock);
@@ -673,8 +949,8 @@ int main(int argc, char **argv)
 out:
     workers_stop(&chatd.workers);
     chat_api_free(chatd.api);
+    loops_stop(&chatd.loops);
     chat_delivery_free(chatd.delivery);
-    watch_stop(&chatd.watch);
     chat_config_cleanup(&chatd.cfg);
     return rc;
 }

@@ -14,6 +14,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 #include <uthash.h>
+#include <utlist.h>
 
 #include "alloc.h"
 #include "err.h"
@@ -108,6 +109,11 @@ struct chan {
     long refs;
     enum chan_state state;
     int64_t unused_since; /* mono ms when refs fell to 0 */
+    /* In the bus's list of channels nobody uses, oldest first, from when
+     * refs falls to 0 until it rises again or the channel goes: the tick
+     * walks only these, not every channel. */
+    bool lingering;
+    struct chan *lprev, *lnext;
     struct pub_msg *deferred, **deferred_tail;
     UT_hash_handle hh;
 };
@@ -151,6 +157,7 @@ struct chat_bus {
     /* Bus thread only from here on. */
     struct link sub, pub;
     struct chan *chans;
+    struct chan *linger; /* refs 0, by unused_since (utlist) */
     struct pub_msg *backlog, **backlog_tail;
     size_t backlog_len;
     bool stopping;
@@ -261,8 +268,23 @@ static struct chan *chan_get(struct chat_bus *bus, const char *name, bool create
     return c;
 }
 
+static void linger_add(struct chat_bus *bus, struct chan *c)
+{
+    c->lingering = true;
+    DL_APPEND2(bus->linger, c, lprev, lnext);
+}
+
+static void linger_del(struct chat_bus *bus, struct chan *c)
+{
+    if (c->lingering) {
+        c->lingering = false;
+        DL_DELETE2(bus->linger, c, lprev, lnext);
+    }
+}
+
 static void chan_free(struct chat_bus *bus, struct chan *c)
 {
+    linger_del(bus, c);
     HASH_DEL(bus->chans, c);
     flush_deferred(bus, c);
     free(c);
@@ -334,6 +356,7 @@ static void do_ref(struct chat_bus *bus, const char *name)
         return;
     if (c->refs++ > 0)
         return;
+    linger_del(bus, c);
     if (c->state == CHAN_IDLE)
         subscribe(bus, c);
     /* SUBSCRIBING/SUBSCRIBED: already ours. UNSUBSCRIBING: the reply resubscribes. */
@@ -344,8 +367,10 @@ static void do_unref(struct chat_bus *bus, const char *name)
     struct chan *c = chan_get(bus, name, false);
     if (!c || c->refs == 0)
         return;
-    if (--c->refs == 0)
+    if (--c->refs == 0) {
         c->unused_since = chat_mono_ms();
+        linger_add(bus, c);
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -623,9 +648,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct chat_bus *bus = arg;
     int64_t now = chat_mono_ms();
-    struct chan *c, *tmp;
-    HASH_ITER (hh, bus->chans, c, tmp) {
-        if (c->refs == 0 && c->state != CHAN_UNSUBSCRIBING && now - c->unused_since > LINGER_MS)
+    /* Oldest first: the walk stops at the first that may still linger. */
+    struct chan *c;
+    while ((c = bus->linger) && now - c->unused_since > LINGER_MS) {
+        linger_del(bus, c);
+        if (c->state != CHAN_UNSUBSCRIBING)
             unsubscribe(bus, c);
     }
     watchdog(bus, now);

@@ -35,8 +35,8 @@ static const struct key keys[] = {
      "Address to listen on (an IPv4 address)."},
     {"server", "port", KEY_INT, OFF(port), "8081", 1, 65535, "TCP port."},
     {"server", "threads", KEY_INT, OFF(threads), "4", 1, 256,
-     "chatd: HTTP threads (libmicrohttpd); they hold the streams and long-polls, each with "
-     "one MySQL connection."},
+     "chatd: HTTP threads (libmicrohttpd), which hold the long-polls, and as many stream loops, "
+     "which serve the SSE streams; each with one MySQL connection."},
     {"server", "workers", KEY_INT, OFF(workers), "8", 1, 256,
      "chatd: threads that run REST requests off the HTTP threads, each with its own MySQL "
      "connection; concurrent sends share a transaction (group commit)."},
@@ -48,10 +48,9 @@ static const struct key keys[] = {
      "Largest request body; larger ones get 413."},
     {"server", "connection_memory_bytes", KEY_INT, OFF(connection_memory_bytes), "16384", 8192,
      1048576,
-     "chatd: the memory of each connection, which holds its request head (a head of more than "
-     "about this less 1 KiB is refused) and, on a stream, its write buffer: idle streams cost "
-     "about this plus 3 KiB each. 8192 holds heads of up to about 7 KiB at about 13 KiB a "
-     "stream."},
+     "chatd: the memory of each connection while libmicrohttpd serves it, which holds its "
+     "request head (a head of more than about this less 1 KiB is refused) and its answer. A "
+     "stream gives it back once its head is written: an idle stream costs about 2 KiB."},
     {"auth", "jwt_secret", KEY_STR, OFF(jwt_secret), "", 0, 4096,
      "Required. HS256 key shared with the token issuer, at least 32 characters."},
     {"auth", "token_ttl", KEY_INT, OFF(token_ttl), "86400", 60, 31536000,

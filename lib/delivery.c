@@ -109,7 +109,8 @@ struct chat_stream {
     size_t nheld;
     struct chat_buf out;
     atomic_llong last_write_ms;
-    atomic_llong gap_since_ms; /* 0, or since when held[] waits for a gap */
+    atomic_llong gap_since_ms;  /* 0, or since when held[] waits for a gap (stream_gap_since) */
+    atomic_bool door_keepalive; /* the door writes the keepalives, not the tick */
 };
 
 struct chat_waiter {
@@ -169,6 +170,11 @@ struct chat_delivery {
     int64_t next_presence_ms;     /* bus thread */
     unsigned long bus_generation; /* bus thread: the last one seen */
     int64_t settle_until_ms;      /* bus thread: read MySQL each tick until then */
+    /* What the tick must visit each second; when all three are 0 (and
+     * Redis is up) it visits the users only to refresh their presence. */
+    atomic_long tick_keepalives; /* streams whose keepalive is the tick's */
+    atomic_long gapped;          /* streams holding messages after a gap */
+    atomic_long waiters;         /* long-polls waiting */
     pthread_mutex_t ack_lock;
     pthread_cond_t ack_cond;
     struct ack_job *acks, **acks_tail;
@@ -213,6 +219,15 @@ static void stream_kick(struct chat_stream *s)
         s->parked = false;
         s->wake(s->door);
     }
+}
+
+/* Sets when the stream's gap wait started (0: no gap), keeping the count of
+ * streams with a gap that the tick looks at. */
+static void stream_gap_since(struct chat_stream *s, int64_t ms)
+{
+    int64_t was = atomic_exchange(&s->gap_since_ms, ms);
+    if ((was == 0) != (ms == 0))
+        atomic_fetch_add(&s->d->gapped, ms ? 1 : -1);
 }
 
 /* Hub lock held: the stream is alive. */
@@ -544,7 +559,13 @@ static void bus_on_tick(void *ctx)
     atomic_store(&chat_metrics.bus_degraded, degraded ? 1 : 0);
     degraded |= now < d->settle_until_ms;
 
-    /* Keepalives and long-poll deadlines. */
+    /* Keepalives, gaps and long-poll deadlines, when some stream or poll
+     * needs the tick: visiting 10,000 idle users each second is most of
+     * an idle node's CPU. */
+    bool streams = degraded || atomic_load(&d->tick_keepalives) > 0 || atomic_load(&d->gapped) > 0;
+    bool waiters = degraded || atomic_load(&d->waiters) > 0;
+    if (!refresh && !streams && !waiters)
+        return;
     int64_t ka = (int64_t)d->cfg->keepalive * 1000;
     pthread_mutex_lock(&d->hub_lock);
     struct user_entry *e, *etmp;
@@ -559,8 +580,9 @@ static void bus_on_tick(void *ctx)
             chat_bus_command(d->bus, 4, zadd);
             chat_bus_command(d->bus, 3, pexpire);
         }
-        for (struct chat_stream *s = e->streams; s; s = s->next) {
-            bool ka_due = now - atomic_load(&s->last_write_ms) >= ka - 500;
+        for (struct chat_stream *s = streams ? e->streams : NULL; s; s = s->next) {
+            bool ka_due = !atomic_load(&s->door_keepalive) &&
+                          now - atomic_load(&s->last_write_ms) >= ka - 500;
             int64_t gap = atomic_load(&s->gap_since_ms);
             bool gap_due = gap != 0 && now - gap >= GAP_HOLD_MS;
             if (!ka_due && !degraded && !gap_due)
@@ -573,7 +595,7 @@ static void bus_on_tick(void *ctx)
             if (degraded)
                 chat_metric_inc(bus_fallback_polls);
         }
-        for (struct chat_waiter *w = e->waiters; w; w = w->next) {
+        for (struct chat_waiter *w = waiters ? e->waiters : NULL; w; w = w->next) {
             if (w->deadline_ms <= now) {
                 waiter_signal(w, true);
             } else if (degraded) {
@@ -955,6 +977,7 @@ struct chat_stream *chat_stream_open(struct chat_delivery *d, const char *user, 
     s->last_seq = last_seq;
     s->replaying_pending = !has_last;
     atomic_init(&s->last_write_ms, chat_mono_ms());
+    atomic_fetch_add(&d->tick_keepalives, 1);
     if (atomic_load(&d->stopping))
         s->closing = true;
 
@@ -990,6 +1013,12 @@ void chat_stream_set_drop(struct chat_stream *s, chat_drop_fn drop)
     pthread_mutex_lock(&s->lock);
     s->drop = drop;
     pthread_mutex_unlock(&s->lock);
+}
+
+void chat_stream_door_keepalive(struct chat_stream *s)
+{
+    if (!atomic_exchange(&s->door_keepalive, true))
+        atomic_fetch_sub(&s->d->tick_keepalives, 1);
 }
 
 void chat_stream_end(struct chat_stream *s)
@@ -1028,6 +1057,9 @@ void chat_stream_close(struct chat_stream *s)
     for (size_t i = 0; i < s->nheld; i++)
         event_unref(s->held[i]);
     free(s->held);
+    stream_gap_since(s, 0);
+    if (!atomic_load(&s->door_keepalive))
+        atomic_fetch_sub(&d->tick_keepalives, 1);
     chat_buf_cleanup(&s->out);
     pthread_mutex_destroy(&s->lock);
     chat_metric_dec(streams_open);
@@ -1116,9 +1148,9 @@ static void stream_release_held(struct chat_stream *s)
     if (s->nheld == 0) {
         free(s->held);
         s->held = NULL;
-        atomic_store(&s->gap_since_ms, 0);
+        stream_gap_since(s, 0);
     } else if (i > 0) {
-        atomic_store(&s->gap_since_ms, chat_mono_ms()); /* a later gap: its own wait */
+        stream_gap_since(s, chat_mono_ms()); /* a later gap: its own wait */
     }
 }
 
@@ -1134,7 +1166,7 @@ static void stream_fill_gap(struct chat_stream *s)
     uint64_t want = s->held[0]->seq;
     bool pending = s->replaying_pending;
     if (stream_read_rows(s) != 0) {
-        atomic_store(&s->gap_since_ms, chat_mono_ms());
+        stream_gap_since(s, chat_mono_ms());
         return;
     }
     if (!pending && !s->catching_up && s->last_seq + 1 < want) {
@@ -1144,7 +1176,7 @@ static void stream_fill_gap(struct chat_stream *s)
     }
     stream_release_held(s);
     if (s->nheld)
-        atomic_store(&s->gap_since_ms, chat_mono_ms());
+        stream_gap_since(s, chat_mono_ms());
 }
 
 /* Writes a live message event, or holds it while an earlier one is
@@ -1178,7 +1210,7 @@ static void stream_take_message(struct chat_stream *s, struct event *ev)
     atomic_fetch_add(&ev->refs, 1);
     s->nheld++;
     if (atomic_load(&s->gap_since_ms) == 0)
-        atomic_store(&s->gap_since_ms, chat_mono_ms());
+        stream_gap_since(s, chat_mono_ms());
 }
 
 ssize_t chat_stream_read(struct chat_stream *s, char *buf, size_t max)
@@ -1270,6 +1302,7 @@ struct chat_waiter *chat_waiter_new(struct chat_delivery *d, const char *user, i
     bool first = e->held++ == 0;
     pthread_mutex_unlock(&d->hub_lock);
     chat_bus_ref(d->bus, CHAT_CHANNEL_USER, user);
+    atomic_fetch_add(&d->waiters, 1);
     chat_metric_inc(polls_waiting);
     if (first)
         user_arrived(d, user);
@@ -1320,6 +1353,7 @@ void chat_waiter_free(struct chat_waiter *w)
         user_left(d, w->user);
     chat_bus_unref(d->bus, CHAT_CHANNEL_USER, w->user);
     pthread_mutex_destroy(&w->lock);
+    atomic_fetch_sub(&d->waiters, 1);
     chat_metric_dec(polls_waiting);
     free(w);
 }

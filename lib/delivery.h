@@ -110,6 +110,11 @@ void chat_stream_set_door(struct chat_stream *s, chat_park_fn park, chat_wake_fn
  * timeout. Without it the stream only ends. */
 void chat_stream_set_drop(struct chat_stream *s, chat_drop_fn drop);
 
+/* The door writes the stream's keepalive comments itself (after `keepalive`
+ * seconds without a write), so the tick leaves the stream alone. Any
+ * thread. */
+void chat_stream_door_keepalive(struct chat_stream *s);
+
 /* Copies up to max bytes of the stream into buf, reading MySQL when it must
  * replay or fill a gap. Returns the byte count (> 0); 0 after calling park
  * (wake follows once there is more); -1 when the stream is over (the node is

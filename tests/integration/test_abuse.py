@@ -14,8 +14,8 @@ import time
 
 import chatlib_raw as R
 from chatlib_raw import check_all
-from chatlib import (SSEStream, chatd, door, expect_json, get, inbox_all_pages, metric, node, send,
-                     skip, token, uid, via_front, wait_until)
+from chatlib import (SSEStream, assert_error, chatd, door, expect_json, get, inbox_all_pages, metric,
+                     node, send, skip, token, uid, via_front, wait_until)
 
 TOO_LARGE = {413, 431}  # a head too large: 431 (RFC 6585), or the API's 413
 FRONT_TOO_LARGE = {400, 413, 414, 431}  # Apache's LimitRequestFieldSize answers 400
@@ -314,6 +314,57 @@ def test_thousands_of_idle_connections_node1():
 
 
 test_thousands_of_idle_connections_node1.timeout = 120
+
+
+def test_streams_count_toward_max_connections():
+    """Streams are served by chatd's stream loops once their first frame is
+    out, no longer by libmicrohttpd, and still count toward max_connections:
+    a chatd with max_connections 4 serves 4 streams, answers a fifth 503
+    backend_unavailable (JSON, Retry-After) while /healthz is still
+    answered, and takes a new stream once one of the 4 has closed; every
+    stream it serves gets its messages."""
+    chatd_only()
+    cap = 4
+    with R.OwnServer("streamcap", {"server": {"max_connections": cap}}) as srv:
+        users = [uid("cap%d" % i) for i in range(cap + 1)]
+        sender = uid("capsender")
+        streams = []
+        try:
+            for u in users[:cap]:
+                s = SSEStream(srv.base, user=u)
+                s.open()
+                s.wait_connected()
+                streams.append(s)
+            # A message after the first frame is written by a loop: once
+            # each has one, all 4 are the loops' (and counted).
+            for u, s in zip(users, streams):
+                m = send(srv.base, sender, u, "to " + u)
+                s.wait_message_id(m["message_id"])
+            extra = SSEStream(srv.base, user=users[cap])
+            extra.open()
+            assert extra.status == 503, "%s: a fifth stream got %s, not 503" % (extra.desc, extra.status)
+            assert_error(extra.resp, 503, "backend_unavailable")
+            assert "max_connections" in extra.resp.json()["error"]["message"], extra.resp.body
+            assert extra.resp.header("Retry-After"), "%s: 503 without Retry-After" % extra.desc
+            alive(srv.base)
+
+            streams.pop(0).close()
+            opened = {}
+
+            def takes_a_stream():
+                s = SSEStream(srv.base, user=users[cap])
+                s.open()
+                if s.status == 200:
+                    opened["s"] = s
+                    return True
+                return False
+            wait(takes_a_stream, 5, "a stream taken once one of the 4 closed")
+            streams.append(opened["s"])
+            m = send(srv.base, sender, users[cap], "after the cap")
+            opened["s"].wait_message_id(m["message_id"])
+        finally:
+            for s in streams:
+                s.close()
 
 
 def test_connection_cap_and_idle_timeout_hold():
