@@ -57,6 +57,7 @@ struct stream_loop {
     pthread_mutex_t lock; /* guards ready, ready_tail and stopping */
     struct sse *ready;    /* woken or handed over, to be pumped */
     struct sse **ready_tail;
+    size_t nready;
     bool stopping;
     struct sse *all;               /* loop thread only: every stream it serves, by last write */
     struct sse *grave;             /* loop thread only: ended, freed after this round */
@@ -67,7 +68,7 @@ struct stream_loops {
     struct stream_loop *v;
     int n;
     int64_t keepalive_ms;      /* [delivery] keepalive */
-    struct chat_buf keepalive; /* the comment the loops write */
+    int64_t stuck_ms;          /* [server] connection_timeout */
     atomic_uint next;          /* round robin */
     atomic_int served;         /* streams the loops serve, for max_connections */
 };
@@ -124,6 +125,7 @@ struct sse {
     bool fresh;              /* handed over, not yet in the loop's epoll set */
     bool blocked;            /* the socket was full: waits for EPOLLOUT */
     int64_t last_ms;         /* the last write (mono ms) */
+    int64_t progress_ms;     /* the last time the socket took bytes */
     struct sse *prev, *next; /* in the loop's list of all, by last_ms */
     char *pend;              /* unsent bytes of the last write */
     size_t pend_off, pend_len;
@@ -208,6 +210,7 @@ static void loop_queue(struct stream_loop *l, struct sse *s)
         s->next_ready = NULL;
         *l->ready_tail = s;
         l->ready_tail = &s->next_ready;
+        l->nready++;
     }
     pthread_mutex_unlock(&l->lock);
     uint64_t one = 1;
@@ -262,6 +265,8 @@ static bool loop_send(struct sse *s, const char *data, size_t len)
             return false;
         w = 0;
     }
+    if (w > 0)
+        s->progress_ms = chat_mono_ms();
     if ((size_t)w < len) {
         s->pend_len = len - (size_t)w;
         s->pend_off = 0;
@@ -313,8 +318,10 @@ static void loop_pump(struct stream_loop *l, struct sse *s, struct stream_loops 
                 loop_end(l, s, all);
                 return;
             }
-            if (w > 0)
+            if (w > 0) {
                 s->pend_off += (size_t)w;
+                s->progress_ms = chat_mono_ms();
+            }
             if (s->pend_off < s->pend_len) {
                 s->blocked = true;
                 return;
@@ -327,6 +334,10 @@ static void loop_pump(struct stream_loop *l, struct sse *s, struct stream_loops 
         if (n == 0)
             return; /* parked: the next event wakes it */
         if (n < 0) {
+            /* The stream is over: a chunked body gets its last chunk (a
+             * client that went just does not read it). */
+            if (s->http11)
+                send(atomic_load(&s->fd), "0\r\n\r\n", 5, MSG_NOSIGNAL | MSG_DONTWAIT);
             loop_end(l, s, all);
             return;
         }
@@ -337,22 +348,28 @@ static void loop_pump(struct stream_loop *l, struct sse *s, struct stream_loops 
     }
 }
 
-/* Writes a keepalive comment to each stream that had no write for
- * `keepalive` seconds (the list is in the order of the last write, so
- * only the due ones are visited). Returns the ms to wait for the next
- * round, or -1 for none. */
+/* Keepalives: a stream with no write for `keepalive` seconds is read with
+ * its keepalive due (a comment, and a retry of a replay or catch-up that
+ * MySQL interrupted). The list is in the order of the last write, so only
+ * the due ones are visited. A stream whose socket took nothing for
+ * connection_timeout (a client that stopped reading) is closed. Returns
+ * the ms to wait for the next round, or -1 for none. */
 static int loop_keepalives(struct stream_loop *l, struct stream_loops *all)
 {
     int64_t now = chat_mono_ms();
     struct sse *s;
     while ((s = l->all) && now - s->last_ms >= all->keepalive_ms) {
-        if (s->blocked) { /* still writing: not idle */
-            loop_touch(l, s, now);
+        if (s->blocked) {
+            if (now - s->progress_ms >= all->stuck_ms)
+                loop_end(l, s, all);
+            else
+                loop_touch(l, s, now);
             continue;
         }
-        memcpy(l->buf + 16, all->keepalive.data, all->keepalive.len);
-        if (!loop_write(l, s, all->keepalive.len))
-            loop_end(l, s, all);
+        chat_stream_keepalive(s->stream);
+        loop_pump(l, s, all);
+        if (!s->dead && s->last_ms < now) /* nothing written: not again now */
+            loop_touch(l, s, now);
     }
     if (!s)
         return -1;
@@ -362,18 +379,22 @@ static int loop_keepalives(struct stream_loop *l, struct stream_loops *all)
     return wait < KEEPALIVE_ROUND_MS ? KEEPALIVE_ROUND_MS : (int)wait;
 }
 
-/* Takes what was woken or handed over since the last round. */
-static struct sse *loop_take_ready(struct stream_loop *l, bool *stopping)
+/* Takes the next stream off the ready list, or NULL. One at a time, under
+ * the lock: a stream taken can be woken (and queued) again at once, while
+ * the rest of the list is still waiting. */
+static struct sse *loop_take_ready(struct stream_loop *l)
 {
     pthread_mutex_lock(&l->lock);
-    struct sse *list = l->ready;
-    l->ready = NULL;
-    l->ready_tail = &l->ready;
-    for (struct sse *s = list; s; s = s->next_ready)
+    struct sse *s = l->ready;
+    if (s) {
+        l->ready = s->next_ready;
+        if (!l->ready)
+            l->ready_tail = &l->ready;
         s->queued = false;
-    *stopping = l->stopping;
+        l->nready--;
+    }
     pthread_mutex_unlock(&l->lock);
-    return list;
+    return s;
 }
 
 static void *loop_main(void *arg)
@@ -406,10 +427,13 @@ static void *loop_main(void *arg)
                 loop_pump(l, s, all);
             }
         }
-        struct sse *list = loop_take_ready(l, &stopping);
-        while (list) {
-            struct sse *s = list;
-            list = s->next_ready;
+        /* What is ready now; streams woken meanwhile wait for the next
+         * round, so that a busy stream cannot hold up the loop. */
+        pthread_mutex_lock(&l->lock);
+        size_t nready = l->nready;
+        stopping = l->stopping;
+        pthread_mutex_unlock(&l->lock);
+        for (struct sse *s; nready > 0 && (s = loop_take_ready(l)); nready--) {
             if (s->dead) {
                 s->next = l->grave;
                 l->grave = s;
@@ -421,7 +445,8 @@ static void *loop_main(void *arg)
                 struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLOUT | EPOLLET, .data.ptr = s};
                 if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, atomic_load(&s->fd), &ev) != 0) {
                     chat_warn("stream loop: epoll_ctl: %s", strerror(errno));
-                    chat_stream_end(s->stream);
+                    loop_end(l, s, all);
+                    continue;
                 }
             }
             if (!s->blocked)
@@ -433,6 +458,12 @@ static void *loop_main(void *arg)
         while (stopping && l->all)
             loop_end(l, l->all, all);
         wait_ms = loop_keepalives(l, all);
+        /* Streams woken during this round found the list not empty and
+         * wrote no eventfd: they are the next round's, at once. */
+        pthread_mutex_lock(&l->lock);
+        if (l->nready > 0)
+            wait_ms = 0;
+        pthread_mutex_unlock(&l->lock);
         while (l->grave) {
             struct sse *s = l->grave;
             l->grave = s->next;
@@ -442,12 +473,12 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
-static int loops_start(struct stream_loops *all, int n, int keepalive_s)
+static int loops_start(struct stream_loops *all, int n, int keepalive_s, int timeout_s)
 {
     all->v = chat_xcalloc((size_t)n, sizeof(*all->v));
     all->n = n;
     all->keepalive_ms = (int64_t)keepalive_s * 1000;
-    chat_sse_comment(&all->keepalive, "keepalive");
+    all->stuck_ms = (int64_t)timeout_s * 1000;
     for (int i = 0; i < n; i++) {
         all->v[i].epfd = all->v[i].wake_fd = -1;
         pthread_mutex_init(&all->v[i].lock, NULL);
@@ -496,7 +527,6 @@ static void loops_stop(struct stream_loops *all)
     free(all->v);
     all->v = NULL;
     all->n = 0;
-    chat_buf_cleanup(&all->keepalive);
 }
 
 /* shutdown(), not close(): the descriptor stays the loop's, which sees the
@@ -575,7 +605,7 @@ static bool hand_over(struct req *r, struct chat_response *resp)
                      resp->content_type,
                      s->http11 ? "Transfer-Encoding: chunked\r\n" : "Connection: close\r\n");
     atomic_fetch_add(&all->served, 1);
-    s->last_ms = chat_mono_ms();
+    s->last_ms = s->progress_ms = chat_mono_ms();
     if (!loop_send(s, head, (size_t)n))
         chat_stream_end(s->stream); /* the loop closes it */
     loop_queue(s->loop, s);
@@ -896,7 +926,8 @@ int main(int argc, char **argv)
         chat_error("cannot start the worker threads");
         goto out;
     }
-    if (loops_start(&chatd.loops, chatd.cfg.threads, chatd.cfg.keepalive) != 0) {
+    if (loops_start(&chatd.loops, chatd.cfg.threads, chatd.cfg.keepalive,
+                    chatd.cfg.connection_timeout) != 0) {
         chat_error("cannot start the stream loops");
         goto out;
     }
@@ -941,8 +972,9 @@ int main(int argc, char **argv)
     /* The workers finish (and resume) what they hold; MHD must not stop
      * with a connection suspended. */
     workers_stop(&chatd.workers);
-    loops_stop(&chatd.loops);
+    /* MHD first: a connection it still serves could open a stream. */
     MHD_stop_daemon(chatd.mhd);
+    loops_stop(&chatd.loops);
     if (lsock != MHD_INVALID_SOCKET)
         close(lsock);
     rc = 0;

@@ -1021,6 +1021,14 @@ void chat_stream_door_keepalive(struct chat_stream *s)
         atomic_fetch_sub(&s->d->tick_keepalives, 1);
 }
 
+void chat_stream_keepalive(struct chat_stream *s)
+{
+    pthread_mutex_lock(&s->lock);
+    s->keepalive_due = true;
+    s->parked = false; /* the door reads it next */
+    pthread_mutex_unlock(&s->lock);
+}
+
 void chat_stream_end(struct chat_stream *s)
 {
     pthread_mutex_lock(&s->lock);

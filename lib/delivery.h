@@ -115,6 +115,11 @@ void chat_stream_set_drop(struct chat_stream *s, chat_drop_fn drop);
  * thread. */
 void chat_stream_door_keepalive(struct chat_stream *s);
 
+/* A door that writes its own keepalives calls this, in its own thread,
+ * when one is due, then reads the stream: the read gives a keepalive
+ * comment (and retries a replay or catch-up that MySQL interrupted). */
+void chat_stream_keepalive(struct chat_stream *s);
+
 /* Copies up to max bytes of the stream into buf, reading MySQL when it must
  * replay or fill a gap. Returns the byte count (> 0); 0 after calling park
  * (wake follows once there is more); -1 when the stream is over (the node is

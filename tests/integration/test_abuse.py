@@ -9,6 +9,7 @@ cleanly too. Through a front the error page may be the web server's own
 (HTML), as for a path outside /v1/; through chatd it is the API's JSON.
 """
 
+import socket
 import threading
 import time
 
@@ -364,6 +365,77 @@ def test_streams_count_toward_max_connections():
             opened["s"].wait_message_id(m["message_id"])
         finally:
             for s in streams:
+                s.close()
+
+
+def _read_until(sock, pred, timeout, what):
+    """Reads sock until pred(bytes so far) or EOF; returns (bytes, eof)."""
+    buf, deadline = b"", time.monotonic() + timeout
+    while not pred(buf):
+        left = deadline - time.monotonic()
+        assert left > 0, "no %s within %s s; got %r" % (what, timeout, buf[-300:])
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            continue
+        if not chunk:
+            return buf, True
+        buf += chunk
+    return buf, False
+
+
+def test_stream_framing_http10_and_last_chunk():
+    """chatd writes a stream's head itself: asked for with HTTP/1.0 the body
+    is close-delimited (Connection: close, no chunk framing), with HTTP/1.1
+    it is chunked; both get their events, and when the node stops the
+    HTTP/1.1 body ends with its last chunk (0 CRLF CRLF), so a client or a
+    proxy sees a complete response rather than a cut one."""
+    chatd_only()
+    with R.OwnServer("framing", may_exit=True) as srv:
+        bob, alice = uid("bob"), uid("alice")
+        socks = {}
+        for ver in ("1.0", "1.1"):
+            s = R.connect(srv.base)
+            s.sendall(("GET /v1/events HTTP/%s\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
+                       "\r\n" % (ver, token(bob))).encode())
+            socks[ver] = s
+        try:
+            got = {}
+            for ver, s in socks.items():
+                got[ver], eof = _read_until(s, lambda b: b"retry:" in b, 5, "retry field over HTTP/" + ver)
+            mid = send(srv.base, alice, bob, "framing")["message_id"].encode()
+            for ver, s in socks.items():
+                more, eof = _read_until(s, lambda b: mid in b, 5, "the message over HTTP/" + ver)
+                got[ver] += more
+            assert srv.stop() == 0, "chatd exited %s" % srv.exit_code
+            for ver, s in socks.items():
+                more, eof = _read_until(s, lambda b: False, 10, "the end of the stream")
+                got[ver] += more
+                assert eof, "HTTP/%s stream not closed when its node stopped" % ver
+            head10, _, body10 = got["1.0"].partition(b"\r\n\r\n")
+            head11, _, body11 = got["1.1"].partition(b"\r\n\r\n")
+            for head in (head10, head11):
+                assert head.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in head, head
+            assert b"Connection: close" in head10 and b"Transfer-Encoding" not in head10, head10
+            assert body10.startswith(b"retry: ") and b"event: message\n" in body10, body10[:300]
+            assert b"Transfer-Encoding: chunked" in head11, head11
+            # Chunks: size CRLF data CRLF ..., then 0 CRLF CRLF.
+            rest, data = body11, b""
+            while True:
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line, 16)
+                if size == 0:
+                    assert rest == b"\r\n", "after the last chunk: %r" % rest[:100]
+                    break
+                data, rest = data + rest[:size], rest[size:]
+                assert rest.startswith(b"\r\n"), "a chunk not ended by CRLF: %r" % rest[:100]
+                rest = rest[2:]
+            assert data.startswith(b"retry: ") and mid in data, data[:300]
+            print("HTTP/1.0 body %d bytes, close-delimited; HTTP/1.1 %d bytes in chunks, last chunk "
+                  "after the node's SIGTERM" % (len(body10), len(data)))
+        finally:
+            for s in socks.values():
                 s.close()
 
 
