@@ -43,7 +43,8 @@ static const struct key keys[] = {
     {"server", "max_connections", KEY_INT, OFF(max_connections), "10000", 1, 1000000,
      "Open connections at most, streams included."},
     {"server", "connection_timeout", KEY_INT, OFF(connection_timeout), "60", 1, 3600,
-     "Seconds an idle non-stream connection is kept."},
+     "Seconds an idle non-stream connection is kept; also how long a stream's socket may "
+     "take nothing (a client that stopped reading) before it is closed."},
     {"server", "max_body_bytes", KEY_INT, OFF(max_body_bytes), "65536", 1024, 16777216,
      "Largest request body; larger ones get 413."},
     {"server", "connection_memory_bytes", KEY_INT, OFF(connection_memory_bytes), "16384", 8192,
