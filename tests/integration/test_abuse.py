@@ -846,6 +846,57 @@ def test_sse_slow_reader_is_cut_and_loses_nothing():
 test_sse_slow_reader_is_cut_and_loses_nothing.timeout = 90
 
 
+def test_stream_that_takes_nothing_is_closed_after_connection_timeout():
+    """A stream whose client stops reading, with less queued than
+    stream_buffer_bytes (so it is never cut for its backlog), is closed
+    once its socket has taken nothing for connection_timeout (3 s here):
+    it does not hold its socket and kernel buffers for good. Nothing is
+    lost: the next stream from Last-Event-ID 0 has every message."""
+    chatd_only()
+    tmo = 3
+    overrides = {"server": {"connection_timeout": tmo},
+                 "delivery": {"keepalive": 1, "send_rate": 0, "stream_buffer_bytes": 64 << 20}}
+    with R.OwnServer("stuck", overrides) as srv:
+        user, sender = uid("stuck"), uid("filler")
+        s = R.connect(srv.base, rcvbuf=4096)
+        try:
+            s.sendall(R.request_bytes("GET", "/v1/events", [("Authorization", "Bearer " + token(user)),
+                                                            ("Accept", "text/event-stream")]))
+            wait(lambda: metric(srv.base, "chat_streams_open") == 1, 5, "the stream to open")
+            port = R.local_port(s)
+            # More than the socket's buffers can take (the kernel's send
+            # buffer at its largest, the client's 4 KB), far less than
+            # stream_buffer_bytes: the stream is left waiting for room.
+            body = "\x01" * 4096  # about 24 KB a frame
+            n = (wmem_max() + (2 << 20)) // 24700 + 1
+            first = time.monotonic()  # the socket cannot be full before this
+            for _ in range(n):
+                send(srv.base, sender, user, body)
+            t0 = time.monotonic()
+            while port in srv.held() and time.monotonic() - t0 < 20:
+                time.sleep(0.1)
+            closed = time.monotonic() - t0 if port not in srv.held() else None
+            since_first = time.monotonic() - first
+        finally:
+            R.abort(s)
+        print("a stream that took nothing after %d messages (%.1f MB): closed %s after the last send "
+              "(%.1f s after the first)" % (n, n * 24700 / 1e6,
+                                            "%.1f s" % closed if closed is not None else "not within 20 s",
+                                            since_first))
+        assert closed is not None, "chatd still held a stream whose socket took nothing 20 s later"
+        assert since_first >= tmo, "closed %.1f s after the first message, before connection_timeout (%d s)" % (
+            since_first, tmo)
+        assert "closed: more than" not in srv.log_text(), "cut for its backlog, not for taking nothing"
+        wait(lambda: metric(srv.base, "chat_streams_open") == 0, 5, "chat_streams_open back to 0")
+        with SSEStream(srv.base, user, last_event_id=0).open() as again:
+            again.wait_messages(n, timeout=20)
+            seqs = [e.seq for e in again.messages()]
+        assert seqs[:n] == list(range(1, n + 1)), "the next stream from Last-Event-ID 0 gave %r..." % seqs[:20]
+
+
+test_stream_that_takes_nothing_is_closed_after_connection_timeout.timeout = 90
+
+
 def test_memory_per_connection_is_bounded():
     """What one connection makes chatd hold is bounded by its buffers: 200
     connections with 20 KB of head each, 200 with 60 KB of an unfinished
