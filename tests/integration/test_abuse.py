@@ -790,6 +790,16 @@ def test_stalled_reader_of_a_big_answer_is_dropped():
         assert max(lat) < 1.0, "a request took %.2f s while readers stalled" % max(lat)
 
 
+def resumes_with_all(srv, user, n):
+    """Once user's stream is gone, a new one from Last-Event-ID 0 gets the
+    n messages, seqs 1..n in order: nothing was lost."""
+    wait(lambda: metric(srv.base, "chat_streams_open") == 0, 5, "chat_streams_open back to 0")
+    with SSEStream(srv.base, user, last_event_id=0).open() as again:
+        again.wait_messages(n, timeout=20)
+        seqs = [e.seq for e in again.messages()]
+    assert seqs[:n] == list(range(1, n + 1)), "the next stream from Last-Event-ID 0 gave %r..." % seqs[:20]
+
+
 def test_sse_slow_reader_is_cut_and_loses_nothing():
     """A stream whose client reads nothing is ended once its backlog passes
     stream_buffer_bytes (1 MiB; the kernel's socket buffer, up to
@@ -836,11 +846,7 @@ def test_sse_slow_reader_is_cut_and_loses_nothing():
                 "%.1f s" % dropped if dropped else "10 s")
         assert R.percentile(lat, 50) < 0.1, "sends to the slow reader's user took %.0f ms (median)" % (
             R.percentile(lat, 50) * 1e3)
-        wait(lambda: metric(srv.base, "chat_streams_open") == 0, 5, "chat_streams_open back to 0")
-        with SSEStream(srv.base, user, last_event_id=0).open() as again:
-            again.wait_messages(sent, timeout=20)
-            seqs = [e.seq for e in again.messages()]
-        assert seqs[:sent] == list(range(1, sent + 1)), "the next stream from Last-Event-ID 0 gave %r..." % seqs[:20]
+        resumes_with_all(srv, user, sent)
 
 
 test_sse_slow_reader_is_cut_and_loses_nothing.timeout = 90
@@ -887,11 +893,7 @@ def test_stream_that_takes_nothing_is_closed_after_connection_timeout():
         assert since_first >= tmo, "closed %.1f s after the first message, before connection_timeout (%d s)" % (
             since_first, tmo)
         assert "closed: more than" not in srv.log_text(), "cut for its backlog, not for taking nothing"
-        wait(lambda: metric(srv.base, "chat_streams_open") == 0, 5, "chat_streams_open back to 0")
-        with SSEStream(srv.base, user, last_event_id=0).open() as again:
-            again.wait_messages(n, timeout=20)
-            seqs = [e.seq for e in again.messages()]
-        assert seqs[:n] == list(range(1, n + 1)), "the next stream from Last-Event-ID 0 gave %r..." % seqs[:20]
+        resumes_with_all(srv, user, n)
 
 
 test_stream_that_takes_nothing_is_closed_after_connection_timeout.timeout = 90
