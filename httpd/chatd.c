@@ -35,7 +35,6 @@
 #include "log.h"
 #include "metrics.h"
 #include "query.h"
-#include "sse.h"
 
 /* What a stream loop reads from a stream per write. */
 #define LOOP_BLOCK 16384
@@ -126,7 +125,7 @@ struct sse {
     bool blocked;            /* the socket was full: waits for EPOLLOUT */
     int64_t last_ms;         /* the last write (mono ms) */
     int64_t progress_ms;     /* the last time the socket took bytes */
-    struct sse *prev, *next; /* in the loop's list of all, by last_ms */
+    struct sse *prev, *next; /* in the loop's list of all, by last_ms; next: grave once ended */
     char *pend;              /* unsent bytes of the last write */
     size_t pend_off, pend_len;
 };
@@ -255,18 +254,25 @@ static void loop_end(struct stream_loop *l, struct sse *s, struct stream_loops *
     }
 }
 
-/* Sends len bytes from data; what the socket does not take now is kept
- * for EPOLLOUT. False when the connection failed. */
-static bool loop_send(struct sse *s, const char *data, size_t len)
+/* Sends what the socket takes of len bytes at data, now. Returns the
+ * count (0 when the socket is full), or -1 when the connection failed. */
+static ssize_t loop_send_some(struct sse *s, const char *data, size_t len, int64_t now)
 {
     ssize_t w = send(atomic_load(&s->fd), data, len, MSG_NOSIGNAL);
-    if (w < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-            return false;
-        w = 0;
-    }
+    if (w < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
     if (w > 0)
-        s->progress_ms = chat_mono_ms();
+        s->progress_ms = now;
+    return w;
+}
+
+/* Sends len bytes from data; what the socket does not take now is kept
+ * for EPOLLOUT. False when the connection failed. */
+static bool loop_send(struct sse *s, const char *data, size_t len, int64_t now)
+{
+    ssize_t w = loop_send_some(s, data, len, now);
+    if (w < 0)
+        return false;
     if ((size_t)w < len) {
         s->pend_len = len - (size_t)w;
         s->pend_off = 0;
@@ -275,6 +281,21 @@ static bool loop_send(struct sse *s, const char *data, size_t len)
         s->blocked = true;
     }
     return true;
+}
+
+/* Sends what is left of the last write. Returns 1 when it is all out, 0
+ * when the socket is full again, -1 when the connection failed. */
+static int loop_flush(struct sse *s)
+{
+    ssize_t w = loop_send_some(s, s->pend + s->pend_off, s->pend_len - s->pend_off, chat_mono_ms());
+    if (w < 0)
+        return -1;
+    s->pend_off += (size_t)w;
+    if (s->pend_off < s->pend_len)
+        return 0;
+    free(s->pend);
+    s->pend = NULL;
+    return 1;
 }
 
 /* s was written at now: it goes to the end of the loop's list, which is
@@ -300,9 +321,10 @@ static bool loop_write(struct stream_loop *l, struct sse *s, size_t len)
         memcpy(data + hl + len, "\r\n", 2);
         len += (size_t)hl + 2;
     }
-    if (!loop_send(s, data, len))
+    int64_t now = chat_mono_ms();
+    if (!loop_send(s, data, len, now))
         return false;
-    loop_touch(l, s, chat_mono_ms());
+    loop_touch(l, s, now);
     return true;
 }
 
@@ -311,23 +333,14 @@ static bool loop_write(struct stream_loop *l, struct sse *s, size_t len)
 static void loop_pump(struct stream_loop *l, struct sse *s, struct stream_loops *all)
 {
     for (;;) {
-        if (s->pend) {
-            ssize_t w = send(atomic_load(&s->fd), s->pend + s->pend_off, s->pend_len - s->pend_off,
-                             MSG_NOSIGNAL);
-            if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                loop_end(l, s, all);
-                return;
-            }
-            if (w > 0) {
-                s->pend_off += (size_t)w;
-                s->progress_ms = chat_mono_ms();
-            }
-            if (s->pend_off < s->pend_len) {
-                s->blocked = true;
-                return;
-            }
-            free(s->pend);
-            s->pend = NULL;
+        int flushed = s->pend ? loop_flush(s) : 1;
+        if (flushed < 0) {
+            loop_end(l, s, all);
+            return;
+        }
+        if (flushed == 0) {
+            s->blocked = true;
+            return;
         }
         s->blocked = false;
         ssize_t n = chat_stream_read(s->stream, l->buf + 16, LOOP_BLOCK);
@@ -606,7 +619,7 @@ static bool hand_over(struct req *r, struct chat_response *resp)
                      s->http11 ? "Transfer-Encoding: chunked\r\n" : "Connection: close\r\n");
     atomic_fetch_add(&all->served, 1);
     s->last_ms = s->progress_ms = chat_mono_ms();
-    if (!loop_send(s, head, (size_t)n))
+    if (!loop_send(s, head, (size_t)n, s->last_ms))
         chat_stream_end(s->stream); /* the loop closes it */
     loop_queue(s->loop, s);
     return true;
@@ -842,8 +855,10 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(line);
     while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         line[--n] = '\0';
+    /* MHD logs this for every MHD_NO of the access handler, which is how a
+     * stream handed to a loop leaves it (hand_over). */
     if (strstr(line, "Application reported internal error"))
-        return; /* a stream handed to a loop (hand_over) */
+        return;
     chat_warn("http: %s", line);
 }
 

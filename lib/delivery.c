@@ -110,7 +110,7 @@ struct chat_stream {
     struct chat_buf out;
     atomic_llong last_write_ms;
     atomic_llong gap_since_ms;  /* 0, or since when held[] waits for a gap (stream_gap_since) */
-    atomic_bool door_keepalive; /* the door writes the keepalives, not the tick */
+    atomic_bool door_keepalive; /* the door times the keepalives, not the tick */
 };
 
 struct chat_waiter {

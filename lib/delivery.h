@@ -110,12 +110,12 @@ void chat_stream_set_door(struct chat_stream *s, chat_park_fn park, chat_wake_fn
  * timeout. Without it the stream only ends. */
 void chat_stream_set_drop(struct chat_stream *s, chat_drop_fn drop);
 
-/* The door writes the stream's keepalive comments itself (after `keepalive`
- * seconds without a write), so the tick leaves the stream alone. Any
- * thread. */
+/* The door times the stream's keepalives itself (chat_stream_keepalive
+ * after `keepalive` seconds without a write), so the tick leaves the
+ * stream alone. Any thread. */
 void chat_stream_door_keepalive(struct chat_stream *s);
 
-/* A door that writes its own keepalives calls this, in its own thread,
+/* A door that times its own keepalives calls this, in its own thread,
  * when one is due, then reads the stream: the read gives a keepalive
  * comment (and retries a replay or catch-up that MySQL interrupted). */
 void chat_stream_keepalive(struct chat_stream *s);
