@@ -67,10 +67,12 @@ def main():
     rows = []  # (figure, ours, yardstick, memory, ratio, target, met)
 
     def row(label, scen, key, ours="ours", yard="nchan", target="", test=None, mem=True,
-            invert=False):
+            yard_from=None):
+        # yard_from: (scenario, key) of the yardstick when it is another figure
+        ys, yk = yard_from or (scen, key)
         o, om = cell(get(scen, ours, key))
-        y, ym = cell(get(scen, yard, key))
-        m = cell(get(scen, "nchanmem", key))[0] if (have_mem and mem) else ""
+        y, ym = cell(get(ys, yard, yk))
+        m = cell(get(ys, "nchanmem", yk))[0] if (have_mem and mem) else ""
         ratio = ""
         if om is not None and ym:
             ratio = "%.2f" % (om / ym)
@@ -109,11 +111,23 @@ def main():
             yard="chatd", target=">= 50% of chatd", test=lambda o, y: y is not None and o >= y / 2,
             mem=False)
 
+    if any(k[0] == "store" for k in data):
+        # The durable path alone against Nchan's delivered 1:1 rate: what
+        # the 1:1 target would need of it (2x) whatever HTTP and Redis cost.
+        row("store alone (no HTTP, Redis): msgs/s", "store", "stored_rate",
+            target="ceiling of 1:1", yard_from=("oneone", "delivered_rate"))
+        row("store alone: sends per transaction", "store", "per_batch", mem=False)
+        row("store alone: group events/s (%s members)" % "{:,}".format(
+            int(float(opts.get("fan_users", "0")))), "store", "group_rows_rate",
+            target="ceiling of fan-out", yard_from=("fanout", "events_per_s"))
+
     # Were all messages stored, delivered and (ours) marked DELIVERED?
     checks = []
-    for scen in ("oneone", "fixed", "fanout"):
+    for scen in ("oneone", "fixed", "fanout", "store"):
         for system in systems:
             runs = get(scen, system, "missing")
+            if scen == "store" and get(scen, system, "ok"):
+                runs = [0]  # nothing is delivered there, only stored and ACKed
             if not runs and not get(scen, system, "aborted:text"):
                 continue
             failed = sum(get(scen, system, "failed"))
@@ -125,7 +139,8 @@ def main():
                 note.append("%s sent, %d not stored" % ("{:,}".format(int(ok)), failed))
             elif failed:
                 note.append("%d sends failed" % failed)
-            note.append("%d deliveries missing" % missing)
+            if scen != "store":
+                note.append("%d deliveries missing" % missing)
             if system == "ours" and scen != "fanout":
                 rows_ = sum(get(scen, system, "rows"))
                 stored = sum(get(scen, system, "stored"))
@@ -134,6 +149,16 @@ def main():
                             % ("{:,}".format(int(stored)), "{:,}".format(int(rows_)), pending))
                 if pending or stored != ok or rows_ != ok:
                     problems.append("%s/%s: rows not all DELIVERED" % (scen, system))
+            if scen == "store" and get(scen, system, "group_rows"):
+                g_rows = sum(get(scen, system, "group_rows"))
+                g_acked = sum(get(scen, system, "group_acked"))
+                g_pending = sum(get(scen, system, "group_pending"))
+                g_failed = sum(get(scen, system, "group_failed"))
+                note.append("group: %s inbox rows, %s ACKed, %d still PENDING, %d failed"
+                            % ("{:,}".format(int(g_rows)), "{:,}".format(int(g_acked)),
+                               g_pending, g_failed))
+                if g_pending or g_failed or g_rows != g_acked:
+                    problems.append("store/%s: group rows not all DELIVERED" % system)
             if aborted:
                 note.append("stopped: " + ",".join(aborted))
                 problems.append("%s/%s: stopped (%s)" % (scen, system, ",".join(aborted)))
@@ -159,7 +184,8 @@ def main():
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print("(median of the runs [range]; ratio = ours / Nchan with Redis, of the medians; the "
-          "FastCGI row compares chat.fcgi with chatd)")
+          "FastCGI row compares chat.fcgi with chatd; the store row compares with Nchan's 1:1 "
+          "rate)")
     if checks:
         print()
         print("every message:")

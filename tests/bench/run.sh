@@ -4,7 +4,7 @@
 #
 #   ./chatstack bench [options] [SCENARIO...]
 #
-#   SCENARIO      idle oneone fixed fanout fcgi (default: all of them)
+#   SCENARIO      idle oneone fixed fanout fcgi store (default: all of them)
 #   --quick       one run of each, smaller sizes (a few minutes)
 #   --smoke       the smallest sizes, our stack only, SSE and long-poll,
 #                 no Nchan and no timing: checks that the tool works
@@ -36,7 +36,7 @@ source "$BENCH_DIR/../../chatstack"
 QUICK=0 SMOKE=0 RUNS=3 PROFILE=0 KEEP=0 NCHAN_MEM=1 RUNS_SET=0
 ONE_PUBS=16 # keep-alive publishers of the closed-loop scenarios
 SCENARIOS=()
-ALL_SCENARIOS=(idle oneone fixed fanout fcgi)
+ALL_SCENARIOS=(idle oneone fixed fanout fcgi store)
 
 bench_usage() {
     sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
@@ -62,7 +62,7 @@ while (($#)); do
     --no-nchan-memory) NCHAN_MEM=0 ;;
     --nchan-memory) NCHAN_MEM=2 ;;
     -h | --help) bench_usage 0 ;;
-    idle | oneone | fixed | fanout | fcgi) SCENARIOS+=("$1") ;;
+    idle | oneone | fixed | fanout | fcgi | store) SCENARIOS+=("$1") ;;
     *) bench_usage ;;
     esac
     shift
@@ -94,6 +94,8 @@ FIX_PUBS=64           # publishers of the fixed-rate one: more, so that none wai
 FAN_PUBS=4            # publishers of the group fan-out
 ONE_OUTSTANDING=2000  # closed loop: messages sent but not yet delivered, at most
 FAN_OUTSTANDING=8     # the same for group messages (each is USERS events)
+STORE_THREADS=$((SMOKE ? 4 : 64)) # sender threads of each store-alone process
+STORE_GROUP_THREADS=8 # the same, posting to one group
 RSS_LIMIT_MB=4096     # a process of the run past this stops it
 LOAD_LIMIT=300        # seconds one run of the load tool may take
 BUDGET=$((QUICK || SMOKE ? 1200 : 5400))
@@ -110,6 +112,7 @@ use_bench_ports() {
 }
 
 LOAD=$BUILD/tests/bench/chat-load
+STORE_LOAD=$BUILD/tests/bench/chat-store-load
 RESULTS= # STATE/results.tsv: scenario, system, run, key, value
 RUN_ID=$(printf '%04x' $((RANDOM % 65536)))
 NCHAN_SVCS=() # the nginx instances started: names in STATE
@@ -610,6 +613,64 @@ sc_fcgi() {
     rec_cpu fcgi "$door" "$run" "$out"
 }
 
+# store: the durable path alone. Two chat-store-load processes at once, one
+# with each node's configuration, as two nodes would write: STORE_THREADS
+# threads each send in a closed loop through the nodes' store code (group
+# commit included) and an ACK thread marks the rows DELIVERED; no HTTP, no
+# Redis, no streams. The ceiling of the 1:1 figures on this machine. Then
+# one process posts to a group of FAN_USERS members from STORE_GROUP_THREADS
+# threads: the inbox rows it writes and ACKs a second are the ceiling of
+# the fan-out's events/s.
+sc_store() {
+    local run=$1 out=$STATE/out/store-ours-$1 pfx=$RUN_ID-d$1- i limit pids=() rc=0
+    local rate=0 ok=0 failed=0 rows pending stored
+    limit=$(bound "$LOAD_LIMIT") || return 0
+    log "  store-ours-$run: chat-store-load x2 ..."
+    for i in 1 2; do
+        timeout -k 10 "$limit" "$STORE_LOAD" -c "$STATE/node$i.ini" --threads "$STORE_THREADS" \
+            --users "$ONE_USERS" --duration "$ONE_DUR" --warmup "$WARMUP" --prefix "$pfx" \
+            --first-sender $(((i - 1) * STORE_THREADS)) --time-limit $((limit - 20)) \
+            --watch "mariadbd=$(svc_pid mysql)" >"$out.$i" 2>"$out.$i.err" &
+        pids+=($!)
+    done
+    for i in "${pids[@]}"; do wait "$i" || rc=$?; done
+    ((rc == 0)) || log "  store-ours-$run: chat-store-load ended with status $rc"
+    for i in 1 2; do
+        grep -q '^RESULT' "$out.$i" 2>/dev/null || return 0
+        rate=$((rate + $(field "$out.$i" RESULT stored_rate)))
+        ok=$((ok + $(field "$out.$i" RESULT stored)))
+        failed=$((failed + $(field "$out.$i" RESULT failed) + $(field "$out.$i" RESULT ack_failed)))
+    done
+    read -r rows pending < <(wait_delivered "$pfx")
+    stored=$(mysql_q "SELECT COUNT(*) FROM messages WHERE sender LIKE '${pfx}s%'")
+    rec store ours "$run" stored_rate "$rate"
+    rec store ours "$run" per_batch "$(field "$out.1" RESULT per_batch)"
+    rec store ours "$run" p50_ms "$(field "$out.1" RESULT p50_ms)"
+    rec store ours "$run" p99_ms "$(field "$out.1" RESULT p99_ms)"
+    rec store ours "$run" ok "$ok"
+    rec store ours "$run" failed "$failed"
+    rec store ours "$run" rows "$rows"
+    rec store ours "$run" pending "$pending"
+    rec store ours "$run" stored "$stored"
+    rec_cpu store ours "$run" "$out.1"
+
+    pfx=$RUN_ID-e$run-
+    quiesce
+    log "  store-ours-$run: chat-store-load --group $FAN_USERS ..."
+    timeout -k 10 "$limit" "$STORE_LOAD" -c "$STATE/node1.ini" --group "$FAN_USERS" \
+        --threads "$STORE_GROUP_THREADS" --duration "$FAN_DUR" --warmup "$WARMUP" \
+        --prefix "$pfx" --time-limit $((limit - 20)) >"$out.g" 2>"$out.g.err" ||
+        log "  store-ours-$run: chat-store-load --group ended with status $?"
+    grep -q '^RESULT' "$out.g" 2>/dev/null || return 0
+    read -r rows pending < <(wait_delivered "$pfx")
+    rec store ours "$run" group_rows_rate "$(field "$out.g" RESULT rows_rate)"
+    rec store ours "$run" group_acked "$(field "$out.g" RESULT acked)"
+    rec store ours "$run" group_rows "$rows"
+    rec store ours "$run" group_pending "$pending"
+    rec store ours "$run" group_failed \
+        $(($(field "$out.g" RESULT failed) + $(field "$out.g" RESULT ack_failed)))
+}
+
 # smoke: long-pollers as well, ours only (the other scenarios cover SSE).
 sc_poll() {
     local run=$1 pfx=$RUN_ID-p$1- out=$STATE/out/poll-ours-$1
@@ -659,7 +720,7 @@ main_bench() {
     # Others may be editing the tree: a broken build gets two more tries.
     local try
     for try in 1 2 3; do
-        build_tree "$BUILD" && [[ -x $LOAD ]] && break
+        build_tree "$BUILD" && [[ -x $LOAD && -x $STORE_LOAD ]] && break
         ((try < 3)) || die "the build failed"
         log "the build failed; trying again in 20 s"
         sleep 20
@@ -714,6 +775,7 @@ main_bench() {
                 ;;
             fanout) for sys in $(systems); do quiesce && sc_fanout "$sys" "$run"; done ;;
             fcgi) for sys in fcgi chatd; do quiesce && sc_fcgi "$sys" "$run"; done ;;
+            store) quiesce && sc_store "$run" ;;
             esac
         done
     done
