@@ -18,11 +18,12 @@
 #   --keep        keep the state folder (logs, configs, raw results)
 #
 # It installs what is missing (nginx, libnginx-mod-nchan), builds build/
-# (with the load tool, tests/bench/chat-load), starts its own Redis,
-# MariaDB, two chatd nodes, lighttpd with chat.fcgi, and Nchan (nginx, 2
-# workers) with a Redis of its own, on 127.0.0.1 ports 19010-19091 (plus
-# $CHATSTACK_BENCH_PORT_OFFSET), all in a temporary state folder; runs
-# the scenarios; prints one table; stops everything it started.
+# (with the load tools, tests/bench/chat-load and chat-store-load),
+# starts its own Redis, MariaDB, two chatd nodes, lighttpd with chat.fcgi,
+# and Nchan (nginx, 2 workers) with a Redis of its own, on 127.0.0.1
+# ports 19010-19091 (plus $CHATSTACK_BENCH_PORT_OFFSET), all in a
+# temporary state folder; runs the scenarios; prints one table; stops
+# everything it started.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
