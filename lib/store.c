@@ -1251,9 +1251,10 @@ static int send_alone(struct chat_store *s, const struct chat_send *in, struct c
  * written queue up; the next thread to find none being written takes the
  * queue (up to [mysql] send_batch) and writes it on its own connection:
  * the direct sends with one call of chat_send_direct and its COMMIT, the
- * group sends with one statement per table and theirs. Every sender still answers only after the
- * COMMIT that holds its rows. A finished batch wakes its own senders and
- * the first one queued (the next writer), not every waiting thread. */
+ * group sends with one statement per table and theirs. Every sender still
+ * answers only after the COMMIT that holds its rows. A finished batch wakes
+ * its own senders and the first one queued (the next writer), not every
+ * waiting thread. */
 #define BATCH_BYTES (4 << 20) /* bodies a batch holds at most: far below max_allowed_packet */
 static struct {
     pthread_mutex_t lock;

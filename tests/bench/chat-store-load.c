@@ -71,11 +71,10 @@ static int nwatch;
 
 static struct {
     pthread_mutex_t lock;
-    pthread_cond_t more;
     struct chat_row_ref *v;
     size_t n, cap;
     bool senders_done;
-} acks = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, false};
+} acks = {PTHREAD_MUTEX_INITIALIZER, NULL, 0, 0, false};
 
 static atomic_long sent, stored, failed, acked, ack_failed, measured, rows_measured, seq_no;
 static int64_t t_start, t_measure, t_end; /* ns, monotonic */
@@ -185,7 +184,9 @@ static void *sender(void *arg)
     snprintf(from, sizeof(from), "%ss%d", opt.prefix,
              opt.group ? 0 : opt.first_sender + (int)(uintptr_t)arg);
     while (now_ns() < t_end) {
-        snprintf(to, sizeof(to), "%su%d", opt.prefix, (int)(rand_r(&rnd) % (unsigned)opt.users));
+        if (!opt.group)
+            snprintf(to, sizeof(to), "%su%d", opt.prefix,
+                     (int)(rand_r(&rnd) % (unsigned)opt.users));
         int64_t t0 = now_ns();
         long k = atomic_fetch_add(&seq_no, 1);
         int bl = snprintf(body, sizeof(body), "L1|%ld|%lld|", k, (long long)t0);
